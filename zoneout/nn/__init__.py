@@ -1,0 +1,4 @@
+from zoneout.nn.lstm import LSTM, ZoneoutLSTM, register_layer_impl
+from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource
+
+__all__ = ["LSTM", "ZoneoutLSTM", "RecurrentNoise", "RecurrentNoiseSource", "register_layer_impl"]

@@ -1,0 +1,86 @@
+"""What a recurrent layer needs to know about per-step noise, independent of which regularizer made it.
+
+Convention (REPLICATION.md §6): a *keep* mask of 1 means the unit keeps its previous value
+(zoneout); an *update-keep* mask of 1 means the cell update i*g is let through (recurrent
+dropout keeps it with probability 1 - p). In training a field is a bool tensor broadcastable to
+(T, B, H) -- (T, B, H) for per-unit masks, (T, B, 1) for stochastic depth, (T, 1, H) for a static
+mask. In eval it is the float expectation. None means "no noise of that kind".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+Mask = Optional[Union[float, Tensor]]
+
+
+@dataclass
+class RecurrentNoise:
+    keep_cell: Mask = None  # zoneout on c; None = always update
+    keep_hidden: Mask = None  # zoneout on h; None = always update
+    update_keep: Mask = None  # recurrent dropout on i*g; None = always keep the update
+
+    def merged(self, other: "RecurrentNoise") -> "RecurrentNoise":
+        """Combine two sources; each field may come from one source only."""
+        fields = {}
+        for name in ("keep_cell", "keep_hidden", "update_keep"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None:
+                raise ValueError(f"two recurrent regularizers both set '{name}'; combine at most one of each kind")
+            fields[name] = mine if mine is not None else theirs
+        return RecurrentNoise(**fields)
+
+    def at(self, t: int) -> "RecurrentNoise":
+        """The noise of timestep t (floats and None pass through)."""
+        pick = lambda m: m[t] if isinstance(m, Tensor) else m  # noqa: E731
+        return RecurrentNoise(pick(self.keep_cell), pick(self.keep_hidden), pick(self.update_keep))
+
+
+def keep_or_update(keep: Mask, previous: Tensor, candidate: Tensor) -> Tensor:
+    """Zoneout mixing: keep*previous + (1-keep)*candidate, for one timestep's mask."""
+    if keep is None:
+        return candidate
+    if isinstance(keep, Tensor) and keep.dtype == torch.bool:
+        return torch.where(keep, previous, candidate)
+    return candidate + keep * (previous - candidate)
+
+
+def scale_update(update_keep: Mask, update: Tensor) -> Tensor:
+    if update_keep is None:
+        return update
+    if isinstance(update_keep, Tensor) and update_keep.dtype == torch.bool:
+        return update * update_keep.to(update.dtype)
+    return update * update_keep
+
+
+def bernoulli_mask(probability: float, shape, device, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Bool mask, True with `probability`. rand is in [0, 1), so p=1 is always True and p=0 never."""
+    return torch.rand(shape, device=device, generator=generator) < probability
+
+
+class RecurrentNoiseSource(nn.Module):
+    """Base of regularizers that act inside the recurrence (zoneout, recurrent dropout, stochastic depth).
+
+    A layer calls `noise(...)` once per layer and forward pass, so masks are fresh per sequence
+    and independent across layers. `training=False` gives the deterministic expectation.
+    """
+
+    def noise(self, seq_len: int, batch: int, hidden: int, device: torch.device, training: bool,
+              layer: int = 0) -> RecurrentNoise:
+        return self.sample(seq_len, batch, hidden, device) if training else self.expectation()
+
+    def sample(self, seq_len: int, batch: int, hidden: int, device: torch.device) -> RecurrentNoise:
+        raise NotImplementedError
+
+    def expectation(self) -> RecurrentNoise:
+        raise NotImplementedError
+
+
+def check_probability(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+    return value
