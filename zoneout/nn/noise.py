@@ -45,7 +45,7 @@ def keep_or_update(keep: Mask, previous: Tensor, candidate: Tensor) -> Tensor:
         return candidate
     if isinstance(keep, Tensor) and keep.dtype == torch.bool:
         return torch.where(keep, previous, candidate)
-    return candidate + keep * (previous - candidate)
+    return keep * previous + (1 - keep) * candidate  # exact at keep = 0 and 1
 
 
 def scale_update(update_keep: Mask, update: Tensor) -> Tensor:

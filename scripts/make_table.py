@@ -1,0 +1,155 @@
+"""Build a paper table from run folders: results/<scale>/<table>.md, .csv and .png.
+
+    python scripts/make_table.py table1_ptb_char [--scale quick]
+
+Each row: our mean ± std over seeds (valid and test, best-validation checkpoint), the paper's figure,
+the difference, epochs run, and the scale, device, seeds and commit that produced it. Rows without
+finished runs are listed as "not run". The .png has one validation-metric curve per row and seed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from zoneout.checkpoint import atomic_write_text  # noqa: E402
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("ZONEOUT_RUNS_DIR", ROOT / "runs"))
+
+
+def load_table_spec(table: str) -> dict:
+    path = ROOT / "experiments" / f"{table}.yaml"
+    if not path.exists():
+        allowed = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
+        raise ValueError(f"table {table!r} not found; allowed: {', '.join(allowed)}")
+    return yaml.safe_load(path.read_text())
+
+
+def find_runs(scale: str, experiment: str) -> list[tuple[dict, Path]]:
+    """Finished runs of one row at one scale, wherever they were written (plain runs or multiruns)."""
+    found = []
+    for summary_path in sorted(runs_root().rglob("summary.json")):
+        summary = json.loads(summary_path.read_text())
+        if summary.get("name") == experiment and summary.get("scale") == scale and summary.get("status") == "finished":
+            found.append((summary, summary_path.parent))
+    unique = {s["seed"]: (s, d) for s, d in found}  # one run per seed: the last one found
+    return [unique[k] for k in sorted(unique)]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(mean: float, std: float, n: int, digits: int) -> str:
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
+def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path | None = None) -> list[dict]:
+    digits = 1 if spec["metric"] == "perplexity" else 3
+    rows, curves = [], []
+    for row in spec["rows"]:
+        paper = row.get("paper", {})
+        runs = find_runs(scale, row["experiment"]) if not row.get("cited") else []
+        entry = {"row": row["label"], "experiment": row["experiment"], "cited": bool(row.get("cited")),
+                 "paper_valid": paper.get("valid"), "paper_test": paper.get("test"), "n_seeds": len(runs)}
+        if runs:
+            valid = mean_std([s["best_valid"] for s, _ in runs])
+            test = mean_std([s["test"] for s, _ in runs])
+            entry.update({"valid_mean": valid[0], "valid_std": valid[1], "test_mean": test[0], "test_std": test[1],
+                          "epochs": "/".join(str(s["epochs_run"]) for s, _ in runs),
+                          "seeds": " ".join(str(s["seed"]) for s, _ in runs),
+                          "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
+            for summary, run_dir in runs:
+                metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l]
+                curves.append((f"{row['label']} (seed {summary['seed']})",
+                               [m["epoch"] for m in metrics], [m[f"valid_{spec['metric']}"] for m in metrics]))
+        rows.append(entry)
+    out_dir = out_dir or ROOT / "results" / scale
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = render_markdown(spec, scale, rows, digits)
+    atomic_write_text(out_dir / f"{spec['table']}.md", markdown)
+    atomic_write_text(out_dir / f"{spec['table']}.csv", render_csv(rows))
+    if curves:
+        plot_curves(spec, scale, curves, out_dir / f"{spec['table']}.png")
+    if print_table:
+        print(markdown)
+    return rows
+
+
+def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> str:
+    scale_note = ("**QUICK SCALE — shrunk runs for a CPU, not the paper's scale; compare orderings, not values.** "
+                  f"Shrink: {spec.get('quick_scale', 'see configs/dataset/*.yaml')}" if scale == "quick" else "Paper scale.")
+    lines = [f"# {spec['title']}", "", scale_note, "",
+             f"Ours: best-validation checkpoint, mean ± std over seeds. Paper: {spec['source']}.", "",
+             "| row | ours valid | ours test | paper valid | paper test | Δ test (ours − paper) | epochs | seeds | device | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    show = lambda v: "–" if v is None else f"{v}"  # noqa: E731
+    for r in rows:
+        if r["cited"]:
+            lines.append(f"| {r['row']} (cited) | – | – | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – |")
+        elif not r["n_seeds"]:
+            lines.append(f"| {r['row']} | not run | not run | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – |")
+        else:
+            delta = "–" if r["paper_test"] is None else f"{r['test_mean'] - r['paper_test']:+.{digits}f}"
+            lines.append(f"| {r['row']} | {fmt(r['valid_mean'], r['valid_std'], r['n_seeds'], digits)} | "
+                         f"{fmt(r['test_mean'], r['test_std'], r['n_seeds'], digits)} | {show(r['paper_valid'])} | "
+                         f"{show(r['paper_test'])} | {delta} | {r['epochs']} | {r['seeds']} | {r['device']} | {r['commit']} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: list[dict]) -> str:
+    fields = ["row", "experiment", "cited", "n_seeds", "valid_mean", "valid_std", "test_mean", "test_std",
+              "paper_valid", "paper_test", "epochs", "seeds", "device", "commit"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def plot_curves(spec: dict, scale: str, curves: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, epochs, values in curves:
+        axis.plot(epochs, values, marker="o", markersize=3, label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(f"validation {spec['metric']}")
+    axis.set_title(f"{spec['title']} — {scale} scale", fontsize=9)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table")
+    parser.add_argument("--scale", default="paper", choices=["paper", "quick"])
+    args = parser.parse_args()
+    try:
+        build_table(load_table_spec(args.table), args.scale, print_table=True)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Run every row of a paper table (experiments/<table>.yaml) for the given seeds, then build the table.
+
+    python scripts/replicate.py table1_ptb_char --scale quick --seeds 0 1 2 [--launcher joblib|slurm] [-- extra overrides]
+
+Rows run one after another in subprocesses (or as one Hydra multirun with --launcher), each into
+runs/<scale>/<experiment>/seed<seed>; a row whose run folder already has a finished summary is skipped
+unless --force. A failed row does not stop the others; the exit status says whether all succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_table import build_table, load_table_spec, runs_root  # noqa: E402
+
+
+def finished(scale: str, experiment: str, seed: int) -> bool:
+    summary = runs_root() / scale / experiment / f"seed{seed}" / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("status") == "finished"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", help="a file name in experiments/ without .yaml, e.g. table1_ptb_char")
+    parser.add_argument("--scale", default="paper", choices=["paper", "quick"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--launcher", choices=["sequential", "joblib", "slurm"], default="sequential")
+    parser.add_argument("--logger", default="wandb", choices=["wandb", "csv"])
+    parser.add_argument("--force", action="store_true", help="rerun rows that already finished")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every row")
+    args = parser.parse_args()
+    try:
+        spec = load_table_spec(args.table)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    base = [f"scale={args.scale}", f"logger={args.logger}", *args.overrides]
+    failures = []
+    if args.launcher == "sequential":
+        for row in spec["rows"]:
+            if row.get("cited"):
+                continue  # a figure the paper cites from another paper: nothing of ours to run
+            for seed in args.seeds:
+                if not args.force and finished(args.scale, row["experiment"], seed):
+                    print(f"[skip] {row['experiment']} seed {seed}: already finished", flush=True)
+                    continue
+                print(f"[run] {row['experiment']} seed {seed} ({args.scale} scale)", flush=True)
+                command = [sys.executable, "-m", "zoneout.train", f"experiment={row['experiment']}", f"seed={seed}", *base]
+                if subprocess.run(command, cwd=ROOT).returncode != 0:
+                    failures.append(f"{row['experiment']} seed {seed}")
+    else:
+        experiments = ",".join(r["experiment"] for r in spec["rows"] if not r.get("cited"))
+        launcher = {"joblib": "hydra/launcher=joblib", "slurm": "hydra/launcher=slurm"}[args.launcher]
+        seeds = ",".join(map(str, args.seeds))
+        # Multirun jobs write to the sweep dir; point each job at the same run dir layout.
+        command = [sys.executable, "-m", "zoneout.train", "-m", f"experiment={experiments}", f"seed={seeds}", launcher,
+                   "hydra.sweep.dir=" + str(runs_root() / args.scale), "hydra.sweep.subdir=${name}/seed${seed}", *base]
+        if subprocess.run(command, cwd=ROOT).returncode != 0:
+            failures.append("multirun")
+    build_table(spec, args.scale, print_table=True)
+    if failures:
+        print(f"error: {len(failures)} run(s) failed: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

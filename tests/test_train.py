@@ -1,0 +1,160 @@
+"""End-to-end: compose the real configs with Hydra's compose API, shrink them, train on real char-PTB."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from zoneout import checkpoint
+from zoneout.train import Diverged, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["logger=csv", "model.hidden_size=16", "trainer.max_epochs=2", "trainer.max_steps_per_epoch=4",
+        "trainer.eval_max_batches=2", "trainer.eval_stream=false", "trainer.progress=false", "dataset.eval_batch_size=256"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, shared_data):
+    from zoneout.data import prepare
+
+    folder = tmp_path_factory.mktemp("data")
+    prepare("ptb_char", folder, mirror=shared_data)
+    return folder
+
+
+def compose_cfg(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def tiny_cfg(data_dir, *extra):
+    return compose_cfg(["experiment=ptb_char/zoneout", *TINY, f"dataset.data_dir={data_dir}", "dataset.mirror=null", *extra])
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_writes_run_folder(data_dir, tmp_path):
+    summary = train(tiny_cfg(data_dir), tmp_path)
+    assert summary["status"] == "finished" and summary["epochs_run"] == 2
+    metrics = read_metrics(tmp_path)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for key in ("train_loss", "train_bpc", "valid_loss", "valid_bpc", "lr", "grad_norm", "tokens_per_s", "train_seconds"):
+        assert key in metrics[0]
+    # BPC is mean NLL / ln 2, and an untrained 50-symbol model sits near log2(50) = 5.6 bits.
+    assert metrics[0]["valid_bpc"] == pytest.approx(metrics[0]["valid_loss"] / torch.log(torch.tensor(2.0)).item())
+    assert 2.0 < metrics[0]["valid_bpc"] < 6.5
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["test"] == summary["test"] and saved["scale"] == "paper" and saved["metric"] == "bpc"
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "metrics.csv").exists()
+    state = checkpoint.load(tmp_path / "last.pt")  # weights_only load: no pickled objects inside
+    assert state["epoch"] == 2 and set(state) >= {"model", "optimizer", "rng", "config", "history"}
+
+
+def test_early_stopping_and_best_checkpoint(data_dir, tmp_path):
+    # lr 0 never improves after epoch 1, so patience 1 stops after epoch 2 and epoch 1 is best.
+    summary = train(tiny_cfg(data_dir, "trainer.max_epochs=5", "trainer.patience=1", "optim.lr=1e-12"), tmp_path)
+    assert summary["epochs_run"] == 2 and summary["best_epoch"] == 1
+
+
+def test_resume_continues_identically_in_process(data_dir, tmp_path):
+    full = train(tiny_cfg(data_dir, "trainer.max_epochs=3"), tmp_path / "full")
+    train(tiny_cfg(data_dir, "trainer.max_epochs=1"), tmp_path / "split")
+    resumed = train(tiny_cfg(data_dir, "trainer.max_epochs=3", "trainer.resume=true"), tmp_path / "split")
+    assert read_metrics(tmp_path / "split")[-1]["valid_bpc"] == read_metrics(tmp_path / "full")[-1]["valid_bpc"]
+    assert resumed["test"] == full["test"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(data_dir, tmp_path):
+    env = {**os.environ, "ZONEOUT_RUNS_DIR": str(tmp_path / "runs")}
+    args = [sys.executable, "-m", "zoneout.train", "experiment=ptb_char/zoneout", *TINY, "trainer.max_epochs=4",
+            "trainer.max_steps_per_epoch=12", f"dataset.data_dir={data_dir}", "dataset.mirror=null"]
+    subprocess.run([*args, "name=full"], env=env, check=True, capture_output=True)
+    process = subprocess.Popen([*args, "name=killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_dir = tmp_path / "runs" / "paper" / "killed" / "seed0"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (killed_dir / "metrics.jsonl").exists() and read_metrics(killed_dir):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    subprocess.run([*args, "name=killed", "trainer.resume=true"], env=env, check=True, capture_output=True)
+    full = json.loads((tmp_path / "runs/paper/full/seed0/summary.json").read_text())
+    resumed = json.loads((killed_dir / "summary.json").read_text())
+    assert resumed["test"] == full["test"] and resumed["best_valid"] == full["best_valid"]
+    assert [m["valid_bpc"] for m in read_metrics(killed_dir)] == [m["valid_bpc"] for m in read_metrics(tmp_path / "runs/paper/full/seed0")]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    from zoneout import tasks
+
+    original = tasks.LanguageModelingTask.step
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch, state, forward=None):
+        result = original(self, model, batch, state, forward)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] > 4:  # the first step of epoch 2
+                result.loss = result.loss * float("nan")
+        return result
+
+    monkeypatch.setattr(tasks.LanguageModelingTask, "step", poisoned)
+    with pytest.raises(Diverged, match="epoch 2"):
+        train(tiny_cfg(data_dir, "trainer.max_epochs=3"), tmp_path)
+    assert checkpoint.load(tmp_path / "last.pt")["epoch"] == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("regularizer.zoneout_cell=1.5", "regularizer.zoneout_cell"),
+    ("regularizer.zoneout_hidden=-0.1", "regularizer.zoneout_hidden"),
+    ("model.hidden_size=0", "model.hidden_size"),
+    ("dataset=nope", "dataset=nope"),
+    ("dataset.data_dir=/does/not/exist", "dataset.data_dir"),
+    ("optim.lr=-1", "optim.lr"),
+])
+def test_bad_config_is_one_line_error(override, field, tmp_path):
+    env = {**os.environ, "ZONEOUT_RUNS_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "zoneout.train", "+experiment=ptb_char/zoneout", "logger=csv", override],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0] and "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("*.pt")), "nothing may be written for a config that fails its checks"
+
+
+def test_overrides_and_quick_scale_compose():
+    cfg = compose_cfg(["experiment=ptb_char/zoneout", "regularizer.zoneout_cell=0.3", "trainer.max_epochs=2"])
+    assert cfg.regularizer.zoneout_cell == 0.3 and cfg.regularizer.zoneout_hidden == 0.05
+    assert cfg.model.hidden_size == 1000 and cfg.optim.lr == 0.002 and cfg.dataset.batch_size == 32
+    quick = compose_cfg(["experiment=ptb_char/zoneout", "scale=quick"])
+    assert quick.model.hidden_size == quick.dataset.quick.hidden_size and quick.scale_name == "quick"
+
+
+def test_wandb_offline_run_folder_holds_config_and_metrics(data_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_cfg(data_dir, "logger=wandb", "trainer.max_epochs=1")
+    train(cfg, tmp_path)
+    run_folders = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(run_folders) == 1
+    config_text = (run_folders[0] / "files" / "config.yaml").read_text()
+    assert "zoneout_cell" in config_text and "ptb_char" in config_text
+    # The offline run's history (.wandb binary log) holds the logged metric names.
+    log = next(run_folders[0].glob("*.wandb")).read_bytes()
+    assert b"valid_bpc" in log and b"train_loss" in log

@@ -1,0 +1,110 @@
+"""Config validation before any training: every bad value gets one line naming the field and
+what is allowed (train.py prints it and exits with status 2)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+GROUPS = ("dataset", "model", "regularizer", "optim", "logger", "experiment", "scale")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def group_choices(group: str) -> list[str]:
+    root = CONFIG_DIR / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def check_group_overrides(argv: list[str]) -> None:
+    """Catch `dataset=nope` before Hydra prints a multi-line composition error."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key in GROUPS and value and value != "null":
+            allowed = group_choices(key)
+            for choice in value.split(","):  # multirun sweeps list several
+                if choice not in allowed:
+                    raise ConfigError(f"{key}={choice}: unknown {key}; allowed: {', '.join(allowed)}")
+
+
+def _positive_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name}={value!r}: must be a positive integer")
+
+
+def _probability(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}={value!r}: must be a probability in [0, 1]")
+
+
+def _non_negative(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{name}={value!r}: must be a number >= 0")
+
+
+def _one_of(name, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}: allowed values are {', '.join(map(str, allowed))}")
+
+
+def check_config(cfg) -> None:
+    from zoneout.models.build import CELLS
+    from zoneout.nn.lstm import IMPLS
+
+    d, m, r, o, t = cfg.dataset, cfg.model, cfg.regularizer, cfg.optim, cfg.trainer
+    _one_of("dataset.name", d.name, group_choices("dataset"))
+    _one_of("dataset.loader", d.loader, ("chunks", "stream", "pixels"))
+    for field in ("batch_size", "eval_batch_size"):
+        _positive_int(f"dataset.{field}", d[field])
+    if d.loader != "pixels":
+        _positive_int("dataset.seq_len", d.seq_len)
+        if d.seq_len < 2:
+            raise ConfigError(f"dataset.seq_len={d.seq_len}: must be at least 2")
+    if not isinstance(d.train_fraction, (int, float)) or not 0.0 < d.train_fraction <= 1.0:
+        raise ConfigError(f"dataset.train_fraction={d.train_fraction!r}: must be in (0, 1]")
+    if not Path(d.data_dir).is_dir():
+        raise ConfigError(f"dataset.data_dir={d.data_dir!r}: folder does not exist; run `make data` or set ZONEOUT_DATA_DIR")
+    if d.mirror is not None and not Path(d.mirror).is_dir():
+        raise ConfigError(f"dataset.mirror={d.mirror!r}: folder does not exist; give a folder laid out like shared/data or null")
+    _one_of("model.cell", m.cell, CELLS)
+    _positive_int("model.hidden_size", m.hidden_size)
+    _positive_int("model.num_layers", m.num_layers)
+    _one_of("model.input", m.input, ("onehot", "embedding"))
+    if m.embedding_size is not None:
+        _positive_int("model.embedding_size", m.embedding_size)
+    _one_of("model.init", m.init, ("orthogonal", "uniform", "default"))
+    _one_of("model.impl", m.impl, IMPLS)
+    _one_of("model.nonlinearity", m.nonlinearity, ("tanh", "relu"))
+    for field in ("zoneout_cell", "zoneout_hidden", "recurrent_dropout", "stochastic_depth", "dropout"):
+        _probability(f"regularizer.{field}", r[field])
+    for field in ("weight_noise", "norm_stabilizer"):
+        _non_negative(f"regularizer.{field}", r[field])
+    _one_of("optim.name", o.name, ("adam", "sgd", "rmsprop"))
+    if not isinstance(o.lr, (int, float)) or o.lr <= 0:
+        raise ConfigError(f"optim.lr={o.lr!r}: must be a number > 0")
+    if not isinstance(o.lr_decay, (int, float)) or o.lr_decay <= 0:
+        raise ConfigError(f"optim.lr_decay={o.lr_decay!r}: must be a number > 0")
+    _positive_int("trainer.max_epochs", t.max_epochs)
+    _positive_int("trainer.patience", t.patience)
+    if t.clip_grad_norm is not None and (not isinstance(t.clip_grad_norm, (int, float)) or t.clip_grad_norm <= 0):
+        raise ConfigError(f"trainer.clip_grad_norm={t.clip_grad_norm!r}: must be a number > 0 or null")
+    for field in ("max_steps_per_epoch", "eval_max_batches"):
+        if t[field] is not None:
+            _positive_int(f"trainer.{field}", t[field])
+    _one_of("logger.name", cfg.logger.name, ("wandb", "csv"))
+    if cfg.logger.name == "wandb":
+        _one_of("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
+    _one_of("device", cfg.device, ("auto", "cpu", "cuda"))
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda': no CUDA device is available here; use device=cpu or auto")
+    if not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed={cfg.seed!r}: must be an integer")
+
+
+def fail(message: str, status: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)

@@ -1,0 +1,42 @@
+"""Weight initialisation schemes (REPLICATION §1.5, §6.9): orthogonal per gate block, Zaremba's
+uniform, or PyTorch's default; biases 0 except the forget gate's."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GATES = {"lstm": 4, "bn_lstm": 4, "gru": 3, "rnn": 1}
+
+
+def blockwise_orthogonal_(weight: torch.Tensor, blocks: int) -> None:
+    """Each gate's (H, in) block gets its own (semi-)orthogonal matrix."""
+    with torch.no_grad():
+        for block in weight.chunk(blocks, dim=0):
+            nn.init.orthogonal_(block)
+
+
+def initialize(model: nn.Module, cell: str, scheme: str, init_range: float, forget_bias: float) -> None:
+    if scheme == "default":
+        pass
+    elif scheme == "uniform":
+        for name, parameter in model.named_parameters():
+            if ".bn_" not in name:  # recurrent-BN gammas (0.1) and betas (0) keep their own init
+                nn.init.uniform_(parameter, -init_range, init_range)
+    elif scheme == "orthogonal":
+        for layer in model.layers:
+            for name, parameter in layer.named_parameters():
+                if name.startswith(("weight_ih", "weight_hh")):
+                    blockwise_orthogonal_(parameter, GATES[cell])
+                elif name.startswith("bias"):
+                    nn.init.zeros_(parameter)
+        nn.init.orthogonal_(model.decoder.weight)
+        nn.init.zeros_(model.decoder.bias)
+    else:
+        raise ValueError(f"model.init must be one of orthogonal, uniform, default; got {scheme!r}")
+    if cell in ("lstm", "bn_lstm") and forget_bias:
+        with torch.no_grad():
+            for layer in model.layers:
+                for name, parameter in layer.named_parameters():
+                    if name.startswith("bias_ih"):  # gate order i, f, g, o: the second quarter
+                        hidden = parameter.shape[0] // 4
+                        parameter[hidden:2 * hidden] += forget_bias

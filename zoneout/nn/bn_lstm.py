@@ -1,0 +1,182 @@
+"""Recurrent batch normalization (Cooijmans et al. 2017) LSTM, as in the zoneout paper's pMNIST runs.
+
+    (i, f, g, o) = BN_t(h_{t-1} W_hh^T; gamma_h, 0) + BN_t(x_t W_ih^T; gamma_x, 0) + b_ih + b_hh
+    c~_t = sigmoid(f) * c_{t-1} + m_t * sigmoid(i) * tanh(g)        (m_t: recurrent-dropout keep mask)
+    c_t  = d^c_t * c_{t-1} + (1 - d^c_t) * c~_t                     (zoneout on c)
+    h~_t = sigmoid(o) * tanh(BN_t(c~_t; gamma_c, beta_c))           (from the UN-zoned candidate, as [R])
+    h_t  = d^h_t * h_{t-1} + (1 - d^h_t) * h~_t                     (zoneout on h; the layer output)
+
+BN_t keeps separate population statistics for every timestep t < max_length (REPLICATION.md §2.4):
+training normalises with the minibatch's statistics at that timestep (biased variance) and updates
+pop = momentum * batch + (1 - momentum) * pop; eval uses the population statistics, and timesteps
+beyond max_length -- or beyond the longest sequence trained on -- reuse the last trained timestep's.
+Weights and biases are named like nn.LSTM's (gate order i, f, g, o); gammas init 0.1, betas 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, keep_or_update, scale_update
+
+
+class StepwiseBatchNorm(nn.Module):
+    """Batch norm over the batch axis of time-major (S, B, F) inputs, with statistics per timestep."""
+
+    def __init__(self, num_features: int, max_length: int, gamma_init: float = 0.1, shift: bool = True,
+                 eps: float = 1e-5, momentum: float = 0.01):
+        super().__init__()
+        self.num_features, self.max_length = num_features, max_length
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.full((num_features,), float(gamma_init)))
+        self.register_parameter("bias", nn.Parameter(torch.zeros(num_features)) if shift else None)
+        self.register_buffer("running_mean", torch.zeros(max_length, num_features))
+        self.register_buffer("running_var", torch.ones(max_length, num_features))
+        # How many leading timesteps have population statistics (the longest training sequence, capped).
+        self.register_buffer("steps_tracked", torch.zeros((), dtype=torch.long))
+
+    def forward(self, input: Tensor, start: int = 0) -> Tensor:
+        """input (S, B, F) holding timesteps start .. start + S - 1."""
+        steps = input.shape[0]
+        if self.training:
+            mean = input.mean(dim=1)
+            var = input.var(dim=1, unbiased=False)
+            self._update_population(mean, var, start)
+        else:
+            last = (self.steps_tracked - 1).clamp(min=0)
+            index = torch.arange(start, start + steps, device=input.device).clamp(max=self.max_length - 1)
+            index = torch.minimum(index, last)
+            mean, var = self.running_mean[index], self.running_var[index]
+        normalized = (input - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + self.eps)
+        output = normalized * self.weight
+        return output + self.bias if self.bias is not None else output
+
+    @torch.no_grad()
+    def _update_population(self, mean: Tensor, var: Tensor, start: int) -> None:
+        # Timesteps at or past max_length have no slot; they are normalised with batch statistics
+        # in training and read the last slot in eval.
+        end = min(start + mean.shape[0], self.max_length)
+        if end <= start:
+            return
+        self.running_mean[start:end].lerp_(mean[: end - start].to(self.running_mean.dtype), self.momentum)
+        self.running_var[start:end].lerp_(var[: end - start].to(self.running_var.dtype), self.momentum)
+        self.steps_tracked.clamp_(min=end)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, max_length={self.max_length}, shift={self.bias is not None}, "
+                f"eps={self.eps}, momentum={self.momentum}")
+
+
+def bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
+                  bias_hh: Tensor, bn_ih: StepwiseBatchNorm, bn_hh: StepwiseBatchNorm, bn_c: StepwiseBatchNorm,
+                  noise: RecurrentNoise) -> tuple[Tensor, Tensor, Tensor]:
+    """One BN-LSTM layer: input (T, B, I), h0/c0 (B, H) -> output (T, B, H), h_T, c_T."""
+    gates_x = bn_ih(input @ weight_ih.t(), start=0) + (bias_ih + bias_hh)  # per-timestep stats, all at once
+    h, c, outputs = h0, c0, []
+    for t in range(input.shape[0]):
+        noise_t = noise.at(t)
+        gates = gates_x[t] + bn_hh((h @ weight_hh.t()).unsqueeze(0), start=t)[0]
+        i, f, g, o = gates.chunk(4, dim=-1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c_candidate = f * c + scale_update(noise_t.update_keep, i * g)
+        h_candidate = o * torch.tanh(bn_c(c_candidate.unsqueeze(0), start=t)[0])
+        c = keep_or_update(noise_t.keep_cell, c, c_candidate)
+        h = keep_or_update(noise_t.keep_hidden, h, h_candidate)
+        outputs.append(h)
+    return torch.stack(outputs), h, c
+
+
+class BatchNormLSTM(nn.Module):
+    """Multi-layer recurrent-BN LSTM; noise from `recurrent_regularizers` (zoneout, recurrent dropout,
+    stochastic depth), one draw per layer and forward pass. `max_length`: the longest training sequence
+    (784 for pMNIST)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
+                 max_length: int = 784, gamma_init: float = 0.1, eps: float = 1e-5, momentum: float = 0.01,
+                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = ()):
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
+                            ("max_length", max_length)):
+            if int(value) != value or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {eps}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        if not math.isfinite(gamma_init):
+            raise ValueError(f"gamma_init must be a finite number, got {gamma_init}")
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.batch_first, self.max_length = bool(batch_first), int(max_length)
+        self.gamma_init, self.eps, self.momentum = float(gamma_init), float(eps), float(momentum)
+        self.recurrent_regularizers = nn.ModuleList(recurrent_regularizers)
+        gates = 4 * self.hidden_size
+        norm = lambda features, shift: StepwiseBatchNorm(  # noqa: E731
+            features, self.max_length, self.gamma_init, shift, self.eps, self.momentum)
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else self.hidden_size
+            self.register_parameter(f"weight_ih_l{layer}", nn.Parameter(torch.empty(gates, layer_input)))
+            self.register_parameter(f"weight_hh_l{layer}", nn.Parameter(torch.empty(gates, self.hidden_size)))
+            self.register_parameter(f"bias_ih_l{layer}", nn.Parameter(torch.empty(gates)))
+            self.register_parameter(f"bias_hh_l{layer}", nn.Parameter(torch.empty(gates)))
+            # Betas of the gate norms would duplicate the biases, so only BN(c) has one ([BN] §3).
+            self.add_module(f"bn_ih_l{layer}", norm(gates, False))
+            self.add_module(f"bn_hh_l{layer}", norm(gates, False))
+            self.add_module(f"bn_c_l{layer}", norm(self.hidden_size, True))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weights U(-1/sqrt(H), 1/sqrt(H)) like nn.LSTM, biases 0 ([BN]); BN gammas 0.1, betas 0."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for layer in range(self.num_layers):
+            for kind in ("ih", "hh"):
+                nn.init.uniform_(getattr(self, f"weight_{kind}_l{layer}"), -bound, bound)
+                nn.init.zeros_(getattr(self, f"bias_{kind}_l{layer}"))
+            for kind in ("ih", "hh", "c"):
+                norm = getattr(self, f"bn_{kind}_l{layer}")
+                nn.init.constant_(norm.weight, self.gamma_init)
+                if norm.bias is not None:
+                    nn.init.zeros_(norm.bias)
+
+    def layer_noise(self, layer: int, seq_len: int, batch: int, device) -> RecurrentNoise:
+        noise = RecurrentNoise()
+        for regularizer in self.recurrent_regularizers:
+            noise = noise.merged(regularizer.noise(seq_len, batch, self.hidden_size, device, self.training, layer))
+        return noise
+
+    def layer_forward(self, layer: int, input: Tensor, h0: Tensor, c0: Tensor, noise: RecurrentNoise):
+        get = lambda name: getattr(self, f"{name}_l{layer}")  # noqa: E731  (read at call time: weight noise)
+        return bn_lstm_layer(input, h0, c0, get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
+                             get("bn_ih"), get("bn_hh"), get("bn_c"), noise)
+
+    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Same contract as nn.LSTM.forward: input (T, B, I) ((B, T, I) with batch_first), hx = (h0, c0)
+        each (num_layers, B, H) -> output (T, B, H), (h_n, c_n)."""
+        if input.dim() != 3 or input.shape[-1] != self.input_size:
+            raise ValueError(f"input must be (T, B, {self.input_size}) (or batch_first), got {tuple(input.shape)}")
+        if self.batch_first:
+            input = input.transpose(0, 1)
+        seq_len, batch = input.shape[0], input.shape[1]
+        if hx is None:
+            zeros = input.new_zeros(self.num_layers, batch, self.hidden_size)
+            hx = (zeros, zeros)
+        expected = (self.num_layers, batch, self.hidden_size)
+        if tuple(hx[0].shape) != expected or tuple(hx[1].shape) != expected:
+            raise ValueError(f"hx must be two tensors of shape {expected}, got "
+                             f"{tuple(hx[0].shape)} and {tuple(hx[1].shape)}")
+        h_n, c_n, layer_input = [], [], input
+        for layer in range(self.num_layers):
+            noise = self.layer_noise(layer, seq_len, batch, input.device)
+            layer_input, h, c = self.layer_forward(layer, layer_input, hx[0][layer], hx[1][layer], noise)
+            h_n.append(h)
+            c_n.append(c)
+        output = layer_input.transpose(0, 1) if self.batch_first else layer_input
+        return output, (torch.stack(h_n), torch.stack(c_n))
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, max_length={self.max_length}, "
+                f"gamma_init={self.gamma_init}, eps={self.eps}, momentum={self.momentum}")
+

@@ -1,0 +1,99 @@
+"""Fast fused zoneout LSTM layer (issue 4), registered as ZoneoutLSTM(impl="fused").
+
+`lstm_layer` has exactly zoneout.nn.reference.lstm_layer's signature and semantics. It runs one
+autograd.Function (function.py) whose per-step work is one recurrent GEMM plus one fused
+pointwise pass, with kernels picked by device:
+  CPU  -> C++ kernels (cpu_kernels.cpp, built once and cached), else the PyTorch-op kernels;
+  CUDA -> Triton pointwise kernels with cuBLAS GEMMs (triton_backend.py), else the PyTorch-op kernels.
+What the kernels do not handle falls back to the reference loop: float-tensor masks, dtypes other
+than float32/float64, an empty sequence, or devices other than CPU/CUDA.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from zoneout.nn import lstm as _lstm
+from zoneout.nn import reference
+from zoneout.nn.fused import cpu_ext, torch_kernels
+from zoneout.nn.fused.function import FusedLSTMFunction, run_inference
+from zoneout.nn.fused.masks import CompactNoise, UnsupportedMask, compact_noise
+from zoneout.nn.noise import RecurrentNoise
+
+__all__ = ["lstm_layer", "kernels_for", "options"]
+
+# Switches for benchmarks and GPU tuning; the defaults are what `lstm_layer` uses.
+#   cpu_kernels: "auto" (C++ if it builds, else "torch"), "cpp" (error if it cannot build) or "torch".
+#   gpu_kernels: "auto" (Triton if importable, else "torch"), "triton" or "torch".
+#   cuda_graphs: capture each step loop in a CUDA graph (Triton path; see triton_backend.py).
+#   gemm_dtype:  None (the input's dtype) or torch.bfloat16 for the recurrent GEMM on CUDA (cell state stays fp32).
+options = {"cpu_kernels": "auto", "gpu_kernels": "auto", "cuda_graphs": False, "gemm_dtype": None}
+_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+class _CppKernels:
+    """Adapts the compiled module to the kernels interface of function.py."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def forward(self, gates, h0, c0, weight_hh, noise: CompactNoise, save: bool):
+        return self.module.forward(gates, h0, c0, weight_hh, noise.kinds(), noise.values(), noise.tensors(), save)
+
+    def backward(self, grad_output, grad_h, grad_c, gates, cells, tanh_cells, weight_hh, noise: CompactNoise):
+        return self.module.backward(grad_output, grad_h, grad_c, gates, cells, tanh_cells, weight_hh,
+                                    noise.kinds(), noise.values(), noise.tensors())
+
+
+def kernels_for(device: torch.device):
+    """The kernels object `lstm_layer` uses on `device` under the current `options`."""
+    if device.type == "cpu":
+        choice = options["cpu_kernels"]
+        if choice not in ("auto", "cpp", "torch"):
+            raise ValueError(f"options['cpu_kernels'] must be 'auto', 'cpp' or 'torch', got {choice!r}")
+        if choice != "torch":
+            module = cpu_ext.load()
+            if module is not None:
+                return _CppKernels(module)
+            if choice == "cpp":
+                raise RuntimeError(f"the fused C++ CPU kernels are unavailable: {cpu_ext.error()}")
+        return torch_kernels
+    choice = options["gpu_kernels"]
+    if choice not in ("auto", "triton", "torch"):
+        raise ValueError(f"options['gpu_kernels'] must be 'auto', 'triton' or 'torch', got {choice!r}")
+    if choice != "torch":
+        try:
+            from zoneout.nn.fused import triton_backend
+        except ImportError:
+            if choice == "triton":
+                raise
+        else:
+            return triton_backend.TritonKernels(cuda_graphs=options["cuda_graphs"], gemm_dtype=options["gemm_dtype"])
+    return torch_kernels
+
+
+def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+               bias_ih: Optional[Tensor], bias_hh: Optional[Tensor], noise: RecurrentNoise
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer over a sequence. input (T,B,I), h0/c0 (B,H) -> output (T,B,H), h_T, c_T."""
+    tensors = [input, h0, c0, weight_ih, weight_hh] + [b for b in (bias_ih, bias_hh) if b is not None]
+    if (input.shape[0] == 0 or input.device.type not in ("cpu", "cuda") or (bias_ih is None) != (bias_hh is None)
+            or any(t.dtype != input.dtype or t.device != input.device for t in tensors)
+            or input.dtype not in _SUPPORTED_DTYPES):
+        return reference.lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise)
+    T, B, H = input.shape[0], input.shape[1], weight_hh.shape[1]
+    try:
+        compact = compact_noise(noise, (T, B, H), input.device)
+    except UnsupportedMask:
+        return reference.lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise)
+    kernels = kernels_for(input.device)
+    args = (input.contiguous(), h0.contiguous(), c0.contiguous(), weight_ih.contiguous(), weight_hh.contiguous(),
+            bias_ih, bias_hh, compact)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return FusedLSTMFunction.apply(*args, kernels)
+    return run_inference(kernels, *args)
+
+
+_lstm.register_layer_impl("fused", lstm_layer)

@@ -1,0 +1,221 @@
+// Fused zoneout LSTM recurrence for the CPU: the whole time loop runs here, so a step costs one
+// recurrent GEMM (at::addmm_, MKL/oneDNN) plus one pass of fused pointwise code per batch row --
+// no Python, no autograd nodes and no temporaries per step.
+//
+// Equations and mask semantics: zoneout/nn/reference.py. Gate order i, f, g, o. A mask is either
+// absent, a scalar (eval expectation) or a bool tensor expanded to (T, B, H) whose last stride is
+// 0 or 1 (so (T,B,1) stochastic depth and (T,1,H) static masks are read without copies).
+#include <torch/extension.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <optional>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using at::vec::Vectorized;
+
+enum Kind : int64_t { kAbsent = 0, kScalar = 1, kBool = 2 };
+
+// One RecurrentNoise field. `absent_keeps` says what "no mask" means: the zoneout keep masks keep
+// nothing, the recurrent-dropout update mask keeps every update.
+struct Mask {
+  int64_t kind;
+  double value;
+  const bool* data = nullptr;
+  int64_t stride_t = 0, stride_b = 0, stride_h = 0;
+
+  Mask(int64_t kind_, double value_, const std::optional<Tensor>& tensor) : kind(kind_), value(value_) {
+    if (kind == kBool) {
+      TORCH_CHECK(tensor.has_value() && tensor->scalar_type() == at::kBool && tensor->dim() == 3,
+                  "bool mask must be a (T, B, H) bool tensor view");
+      TORCH_CHECK(tensor->stride(2) == 0 || tensor->stride(2) == 1, "bool mask must have last stride 0 or 1");
+      data = tensor->data_ptr<bool>();
+      stride_t = tensor->stride(0), stride_b = tensor->stride(1), stride_h = tensor->stride(2);
+    }
+  }
+};
+
+// A mask restricted to one (t, b) row: every unit keeps, none does, a scalar weight, or per unit.
+struct Row {
+  enum Mode { kNone, kAll, kWeight, kPerUnit } mode;
+  double weight = 0.0;
+  const bool* keep = nullptr;
+};
+
+Row row_of(const Mask& mask, int64_t t, int64_t b, bool absent_keeps) {
+  if (mask.kind == kAbsent) return {absent_keeps ? Row::kAll : Row::kNone};
+  if (mask.kind == kScalar) return {Row::kWeight, mask.value};
+  const bool* first = mask.data + t * mask.stride_t + b * mask.stride_b;
+  if (mask.stride_h == 0) return {*first ? Row::kAll : Row::kNone};
+  return {Row::kPerUnit, 0.0, first};
+}
+
+// out = keep ? previous : candidate (bool), or candidate + w * (previous - candidate) (expectation).
+template <typename T>
+void keep_or_update(const Row& keep, const T* previous, const T* candidate, T* out, int64_t n) {
+  switch (keep.mode) {
+    case Row::kNone: if (out != candidate) std::copy(candidate, candidate + n, out); break;
+    case Row::kAll: std::copy(previous, previous + n, out); break;
+    case Row::kWeight: {
+      const T w = static_cast<T>(keep.weight);
+      for (int64_t j = 0; j < n; ++j) out[j] = candidate[j] + w * (previous[j] - candidate[j]);
+      break;
+    }
+    case Row::kPerUnit:
+      for (int64_t j = 0; j < n; ++j) out[j] = keep.keep[j] ? previous[j] : candidate[j];
+      break;
+  }
+}
+
+// The factor a row's mask puts on the gradient of the candidate (1 - keep) or of the kept value (keep).
+template <typename T>
+inline T keep_factor(const Row& keep, int64_t j) {
+  switch (keep.mode) {
+    case Row::kNone: return T(0);
+    case Row::kAll: return T(1);
+    case Row::kWeight: return static_cast<T>(keep.weight);
+    default: return keep.keep[j] ? T(1) : T(0);
+  }
+}
+
+template <typename T>
+void sigmoid_(T* x, int64_t n) {
+  using V = Vectorized<T>;
+  at::vec::map([](V v) { return V(T(1)) / (V(T(1)) + v.neg().exp()); }, x, x, n);
+}
+
+template <typename T>
+void tanh_(T* x, int64_t n) {
+  at::vec::map([](Vectorized<T> v) { return v.tanh(); }, x, x, n);
+}
+
+// One timestep's pointwise forward for every batch row. `gates` (B, 4H) holds pre-activations on
+// entry and the activated gates on exit; `tanh_cell` receives tanh(c~).
+template <typename T>
+void forward_pointwise(int64_t t, int64_t B, int64_t H, T* gates, const T* h_prev, const T* c_prev,
+                       T* h_next, T* c_next, T* tanh_cell, const Mask& keep_cell, const Mask& keep_hidden,
+                       const Mask& update_keep) {
+  for (int64_t b = 0; b < B; ++b) {
+    T* i = gates + b * 4 * H;
+    T *f = i + H, *g = i + 2 * H, *o = i + 3 * H;
+    const T* cp = c_prev + b * H;
+    T* tc = tanh_cell + b * H;
+    sigmoid_(i, 2 * H);
+    tanh_(g, H);
+    sigmoid_(o, H);
+    const Row update = row_of(update_keep, t, b, /*absent_keeps=*/true);
+    for (int64_t j = 0; j < H; ++j) {
+      const T update_j = i[j] * g[j];
+      const T scaled = update.mode == Row::kAll ? update_j : update_j * keep_factor<T>(update, j);
+      tc[j] = f[j] * cp[j] + scaled;  // c~ for now; tanh'ed below
+    }
+    keep_or_update(row_of(keep_cell, t, b, false), cp, tc, c_next + b * H, H);
+    tanh_(tc, H);
+    T* hn = h_next + b * H;
+    for (int64_t j = 0; j < H; ++j) hn[j] = o[j] * tc[j];
+    keep_or_update(row_of(keep_hidden, t, b, false), h_prev + b * H, hn, hn, H);
+  }
+}
+
+// One timestep's pointwise backward. On entry `dh` holds dL/dh_t from later steps and `dc` dL/dc_t;
+// on exit `dh` holds the part of dL/dh_{t-1} that bypasses the GEMM (zoneout's kept h) and `dc` holds
+// dL/dc_{t-1}. `dgates` (B, 4H) receives dL/d(pre-activations).
+template <typename T>
+void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T* c_prev, const T* tanh_cell,
+                        const T* grad_output, T* dh, T* dc, T* dgates, const Mask& keep_cell,
+                        const Mask& keep_hidden, const Mask& update_keep) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* i = gates + b * 4 * H;
+    const T *f = i + H, *g = i + 2 * H, *o = i + 3 * H;
+    const T *cp = c_prev + b * H, *tc = tanh_cell + b * H, *go = grad_output + b * H;
+    T *dhr = dh + b * H, *dcr = dc + b * H;
+    T* di = dgates + b * 4 * H;
+    T *df = di + H, *dg = di + 2 * H, *dout = di + 3 * H;
+    const Row kc = row_of(keep_cell, t, b, false), kh = row_of(keep_hidden, t, b, false);
+    const Row update = row_of(update_keep, t, b, true);
+    for (int64_t j = 0; j < H; ++j) {
+      const T keep_h = keep_factor<T>(kh, j), keep_c = keep_factor<T>(kc, j);
+      const T dh_total = go[j] + dhr[j];
+      const T dh_candidate = (T(1) - keep_h) * dh_total;
+      const T dc_total = dcr[j];
+      const T dc_candidate = (T(1) - keep_c) * dc_total + dh_candidate * o[j] * (T(1) - tc[j] * tc[j]);
+      const T m = keep_factor<T>(update, j);
+      dout[j] = dh_candidate * tc[j] * o[j] * (T(1) - o[j]);
+      df[j] = dc_candidate * cp[j] * f[j] * (T(1) - f[j]);
+      di[j] = dc_candidate * m * g[j] * i[j] * (T(1) - i[j]);
+      dg[j] = dc_candidate * m * i[j] * (T(1) - g[j] * g[j]);
+      dcr[j] = keep_c * dc_total + dc_candidate * f[j];
+      dhr[j] = keep_h * dh_total;
+    }
+  }
+}
+
+std::vector<Mask> masks_of(const std::vector<int64_t>& kinds, const std::vector<double>& values,
+                           const std::vector<std::optional<Tensor>>& tensors) {
+  TORCH_CHECK(kinds.size() == 3 && values.size() == 3 && tensors.size() == 3, "need 3 masks");
+  return {Mask(kinds[0], values[0], tensors[0]), Mask(kinds[1], values[1], tensors[1]),
+          Mask(kinds[2], values[2], tensors[2])};
+}
+
+// gates (T, B, 4H): the input projection plus biases; overwritten with the activated gates.
+// Returns output (T,B,H), cells (T+1,B,H; cells[0] = c0) and tanh(c~) (T,B,H) when `save`,
+// else output and c_T only.
+std::vector<Tensor> forward(Tensor gates, Tensor h0, Tensor c0, Tensor weight_hh, std::vector<int64_t> kinds,
+                            std::vector<double> values, std::vector<std::optional<Tensor>> tensors, bool save) {
+  TORCH_CHECK(gates.is_contiguous() && h0.is_contiguous() && c0.is_contiguous(), "contiguous inputs expected");
+  const auto masks = masks_of(kinds, values, tensors);
+  const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(1);
+  Tensor output = at::empty({T, B, H}, h0.options());
+  Tensor cells = at::empty({save ? T + 1 : 2, B, H}, h0.options());
+  Tensor tanh_cells = at::empty({save ? T : 1, B, H}, h0.options());
+  cells[0].copy_(c0);
+  const Tensor weight_hh_t = weight_hh.t();
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_forward", [&] {
+    for (int64_t t = 0; t < T; ++t) {
+      const Tensor h_prev = t == 0 ? h0 : output[t - 1];
+      Tensor gates_t = gates[t];
+      gates_t.addmm_(h_prev, weight_hh_t);
+      const int64_t c_in = save ? t : t % 2, c_out = save ? t + 1 : (t + 1) % 2;
+      forward_pointwise<scalar_t>(t, B, H, gates_t.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+                                  cells[c_in].data_ptr<scalar_t>(), output[t].data_ptr<scalar_t>(),
+                                  cells[c_out].data_ptr<scalar_t>(), tanh_cells[save ? t : 0].data_ptr<scalar_t>(),
+                                  masks[0], masks[1], masks[2]);
+    }
+  });
+  if (save) return {output, cells, tanh_cells};
+  return {output, cells[T % 2].clone()};
+}
+
+// Walks time backwards. Returns dgates (T,B,4H) (for the weight, bias and input gradients, which
+// the caller computes as large GEMMs), dh0 and dc0.
+std::vector<Tensor> backward(Tensor grad_output, Tensor grad_h, Tensor grad_c, Tensor gates, Tensor cells,
+                             Tensor tanh_cells, Tensor weight_hh, std::vector<int64_t> kinds,
+                             std::vector<double> values, std::vector<std::optional<Tensor>> tensors) {
+  TORCH_CHECK(grad_output.is_contiguous() && gates.is_contiguous(), "contiguous inputs expected");
+  const auto masks = masks_of(kinds, values, tensors);
+  const int64_t T = gates.size(0), B = gates.size(1), H = cells.size(2);
+  Tensor dgates = at::empty_like(gates);
+  Tensor dh = grad_h.clone(at::MemoryFormat::Contiguous);
+  Tensor dc = grad_c.clone(at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_backward", [&] {
+    for (int64_t t = T - 1; t >= 0; --t) {
+      Tensor dgates_t = dgates[t];
+      backward_pointwise<scalar_t>(t, B, H, gates[t].data_ptr<scalar_t>(), cells[t].data_ptr<scalar_t>(),
+                                   tanh_cells[t].data_ptr<scalar_t>(), grad_output[t].data_ptr<scalar_t>(),
+                                   dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dgates_t.data_ptr<scalar_t>(),
+                                   masks[0], masks[1], masks[2]);
+      dh.addmm_(dgates_t, weight_hh);
+    }
+  });
+  return {dgates, dh, dc};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "fused zoneout LSTM layer forward (CPU)");
+  m.def("backward", &backward, "fused zoneout LSTM layer backward (CPU)");
+}

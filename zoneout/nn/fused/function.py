@@ -1,0 +1,70 @@
+"""The fused LSTM layer as one autograd.Function, whatever runs the per-step kernels.
+
+Forward: one GEMM projects the input of all timesteps (plus both biases); the kernels then run
+the recurrence (per step: one recurrent GEMM and one fused pointwise pass) and save the activated
+gates, the cells and tanh(c~). Backward: the kernels walk time in reverse (one fused pointwise
+pass and one GEMM per step) and return dL/d(pre-activations) of every step; the weight, bias and
+input gradients are then a few large GEMMs over all timesteps at once.
+
+A `kernels` object provides forward(gates, h0, c0, weight_hh, noise, save) and
+backward(grad_output, grad_h, grad_c, gates, cells, tanh_cells, weight_hh, noise).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from zoneout.nn.fused.masks import CompactNoise
+
+
+def input_projection(input: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor]
+                     ) -> Tensor:
+    """(T, B, 4H) pre-activations from the input alone: x W_ih^T + b_ih + b_hh, one GEMM."""
+    T, B, I = input.shape
+    x = input.reshape(T * B, I)
+    if bias_ih is None:
+        gates = torch.mm(x, weight_ih.t())
+    else:
+        gates = torch.addmm(bias_ih + bias_hh, x, weight_ih.t())
+    return gates.view(T, B, -1)
+
+
+def run_inference(kernels, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise: CompactNoise):
+    """No autograd: nothing is saved for a backward."""
+    gates = input_projection(input, weight_ih, bias_ih, bias_hh)
+    output, c_last = kernels.forward(gates, h0, c0, weight_hh, noise, False)
+    return output, output[-1].clone(), c_last
+
+
+class FusedLSTMFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                bias_ih: Optional[Tensor], bias_hh: Optional[Tensor], noise: CompactNoise, kernels):
+        gates = input_projection(input, weight_ih, bias_ih, bias_hh)
+        output, cells, tanh_cells = kernels.forward(gates, h0, c0, weight_hh, noise, True)
+        ctx.noise, ctx.kernels, ctx.has_bias = noise, kernels, bias_ih is not None
+        ctx.save_for_backward(input, h0, weight_ih, weight_hh, output, gates, cells, tanh_cells)
+        # h_T and c_T are returned as copies so that an in-place edit by the caller cannot reach the
+        # buffers saved for backward.
+        return output, output[-1].clone(), cells[-1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor, grad_h: Tensor, grad_c: Tensor):
+        input, h0, weight_ih, weight_hh, output, gates, cells, tanh_cells = ctx.saved_tensors
+        dgates, dh0, dc0 = ctx.kernels.backward(grad_output.contiguous(), grad_h, grad_c, gates, cells,
+                                                tanh_cells, weight_hh, ctx.noise)
+        T, B, I = input.shape
+        flat = dgates.view(T * B, -1)
+        need = ctx.needs_input_grad
+        grad_input = torch.mm(flat, weight_ih).view(T, B, I) if need[0] else None
+        grad_weight_ih = torch.mm(flat.t(), input.reshape(T * B, I)) if need[3] else None
+        grad_weight_hh = None
+        if need[4]:  # sum_t dgates_t^T h_{t-1}, with h_{-1} = h0 and h_t = output[t]
+            grad_weight_hh = torch.mm(flat[:B].t(), h0)
+            if T > 1:
+                grad_weight_hh.addmm_(flat[B:].t(), output[:-1].reshape((T - 1) * B, -1))
+        grad_bias = flat.sum(0) if ctx.has_bias and (need[5] or need[6]) else None
+        return (grad_input, dh0 if need[1] else None, dc0 if need[2] else None, grad_weight_ih, grad_weight_hh,
+                grad_bias if need[5] else None, grad_bias.clone() if need[6] else None, None, None)

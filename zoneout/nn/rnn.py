@@ -1,0 +1,159 @@
+"""Recurrent layers with only a hidden state (tanh-RNN here, GRU in gru.py), with zoneout on h.
+
+`RNN` is a drop-in for torch.nn.RNN: parameters named and shaped alike (weight_ih_l0 (H, I),
+weight_hh_l0 (H, H), bias_ih_l0, bias_hh_l0, ...), and without noise exactly its equations:
+
+    h~_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)        act = tanh (paper) or relu (original code)
+    h_t  = d_t * h_{t-1} + (1 - d_t) * h~_t                      (zoneout, d_t: keep_hidden)
+
+The paper calls the model "tanh-RNN"; the original char-PTB code builds it with ReLU (REPLICATION.md
+§1.1, §6.14), hence `nonlinearity`. Noise comes from `recurrent_regularizers` (one `noise(...)` call
+per layer and forward pass); only keep_hidden noise has a meaning without a cell.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability, keep_or_update
+
+NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+def rnn_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Optional[Tensor],
+              bias_hh: Optional[Tensor], noise: RecurrentNoise, nonlinearity: str = "tanh") -> tuple[Tensor, Tensor]:
+    """One simple-RNN layer over a sequence: input (T, B, I), h0 (B, H) -> output (T, B, H), h_T."""
+    activation = NONLINEARITIES[nonlinearity]
+    pre_x = input @ weight_ih.t()  # one GEMM for the input projection of all timesteps
+    if bias_ih is not None:
+        pre_x = pre_x + (bias_ih + bias_hh)
+    h, outputs = h0, []
+    for t in range(input.shape[0]):
+        h_candidate = activation(pre_x[t] + h @ weight_hh.t())
+        h = keep_or_update(noise.at(t).keep_hidden, h, h_candidate)
+        outputs.append(h)
+    return torch.stack(outputs), h
+
+
+class HiddenStateRecurrence(nn.Module):
+    """Shared plumbing of GRU and RNN: nn.RNN-style parameters, shapes, layers, noise and dropout.
+    Subclasses set `gate_count` and implement `layer_forward`."""
+
+    gate_count = 1
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0,
+                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0):
+        super().__init__()
+        from zoneout.regularizers.zoneout import Zoneout  # late: zoneout.regularizers imports zoneout.nn
+
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if int(value) != value or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.bias, self.batch_first = bool(bias), bool(batch_first)
+        self.dropout = check_probability("dropout", dropout)
+        zoneout = Zoneout(hidden=zoneout_hidden)
+        self.zoneout_hidden = zoneout.hidden
+        regularizers = ([zoneout] if zoneout.active else []) + list(recurrent_regularizers)
+        for regularizer in regularizers:  # fail at construction where the expectation tells already
+            try:
+                self._check_hidden_only(regularizer, regularizer.expectation())
+            except NotImplementedError:
+                pass  # a source that only overrides noise() is checked at forward time
+        self.recurrent_regularizers = nn.ModuleList(regularizers)
+        rows = self.gate_count * self.hidden_size
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else self.hidden_size
+            self.register_parameter(f"weight_ih_l{layer}", nn.Parameter(torch.empty(rows, layer_input)))
+            self.register_parameter(f"weight_hh_l{layer}", nn.Parameter(torch.empty(rows, self.hidden_size)))
+            if self.bias:
+                self.register_parameter(f"bias_ih_l{layer}", nn.Parameter(torch.empty(rows)))
+                self.register_parameter(f"bias_hh_l{layer}", nn.Parameter(torch.empty(rows)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch.nn.RNN/GRU's default: U(-1/sqrt(H), 1/sqrt(H)) for every parameter."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def _check_hidden_only(self, regularizer: nn.Module, noise: RecurrentNoise) -> None:
+        for field in ("keep_cell", "update_keep"):
+            if getattr(noise, field) is not None:
+                raise ValueError(
+                    f"recurrent_regularizers: {type(regularizer).__name__} sets {field}, but {type(self).__name__} "
+                    f"has only a hidden state (cell zoneout and recurrent dropout need an LSTM; use "
+                    f"StochasticDepth(cell=False))")
+
+    def layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        get = lambda name: getattr(self, f"{name}_l{layer}", None)  # noqa: E731  (read at call time)
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+
+    def layer_noise(self, layer: int, seq_len: int, batch: int, device) -> RecurrentNoise:
+        noise = RecurrentNoise()
+        for regularizer in self.recurrent_regularizers:
+            drawn = regularizer.noise(seq_len, batch, self.hidden_size, device, self.training, layer)
+            self._check_hidden_only(regularizer, drawn)
+            noise = noise.merged(drawn)
+        return noise
+
+    def layer_forward(self, layer: int, input: Tensor, h0: Tensor, noise: RecurrentNoise) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Same contract as nn.RNN/nn.GRU.forward: input (T, B, I) ((B, T, I) with batch_first, or
+        unbatched (T, I)), hx (num_layers, B, H) -> output (T, B, H), h_n (num_layers, B, H)."""
+        unbatched = input.dim() == 2
+        if unbatched:
+            input = input.unsqueeze(1)
+            hx = hx.unsqueeze(1) if hx is not None else None
+        if input.dim() != 3 or input.shape[-1] != self.input_size:
+            raise ValueError(f"input must be (T, B, {self.input_size}) (or batch_first), got {tuple(input.shape)}")
+        if self.batch_first and not unbatched:
+            input = input.transpose(0, 1)
+        seq_len, batch = input.shape[0], input.shape[1]
+        if hx is None:
+            hx = input.new_zeros(self.num_layers, batch, self.hidden_size)
+        elif tuple(hx.shape) != (self.num_layers, batch, self.hidden_size):
+            raise ValueError(f"hx must be ({self.num_layers}, {batch}, {self.hidden_size}), got {tuple(hx.shape)}")
+        h_n, layer_input = [], input
+        for layer in range(self.num_layers):
+            noise = self.layer_noise(layer, seq_len, batch, input.device)
+            output, h = self.layer_forward(layer, layer_input, hx[layer], noise)
+            h_n.append(h)
+            is_last = layer == self.num_layers - 1
+            layer_input = output if is_last else F.dropout(output, self.dropout, self.training)
+        output, h_n = layer_input, torch.stack(h_n)
+        if self.batch_first and not unbatched:
+            output = output.transpose(0, 1)
+        if unbatched:
+            output, h_n = output.squeeze(1), h_n.squeeze(1)
+        return output, h_n
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
+                f"batch_first={self.batch_first}, dropout={self.dropout}, zoneout_hidden={self.zoneout_hidden}")
+
+
+class RNN(HiddenStateRecurrence):
+    """torch.nn.RNN plus zoneout on h (`zoneout_hidden` = probability a unit KEEPS its previous h)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0):
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {tuple(NONLINEARITIES)}, got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         recurrent_regularizers, zoneout_hidden)
+
+    def layer_forward(self, layer, input, h0, noise):
+        return rnn_layer(input, h0, *self.layer_weights(layer), noise, self.nonlinearity)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, nonlinearity={self.nonlinearity!r}"

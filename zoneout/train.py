@@ -1,0 +1,232 @@
+"""Train one row of a paper table: `python -m zoneout.train experiment=ptb_char/zoneout [overrides]`.
+
+Top to bottom: check the config, build data, model and optimizer, (resume,) then per epoch train
+with gradient clipping, evaluate on valid, checkpoint, stop early on patience; finally evaluate the
+best checkpoint on test. Everything a table needs lands in the run folder: config.yaml,
+metrics.jsonl/.csv (one line per epoch), summary.json, best.pt and last.pt.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from zoneout import checkpoint
+from zoneout.config_check import ConfigError, check_config, check_group_overrides, fail
+from zoneout.loggers import build_logger
+from zoneout.models.build import ModelConfigError, build_model
+from zoneout.regularizers import WeightNoise, norm_stabilizer_penalty
+from zoneout.tasks import build_task, metric_from
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+def build_optimizer(cfg, parameters):
+    if cfg.name == "adam":
+        return torch.optim.Adam(parameters, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def learning_rate(cfg, epoch: int) -> float:
+    """Constant, or divided by lr_decay after every epoch past decay_start_epoch (Zaremba et al.)."""
+    return cfg.lr / cfg.lr_decay ** max(0, epoch - cfg.decay_start_epoch)
+
+
+@torch.no_grad()
+def evaluate(model, task, split: str, stream: bool = False, max_batches=None) -> tuple[float, float]:
+    """(metric, mean loss) over the whole split, deterministic: eval mode uses noise expectations."""
+    model.eval()
+    nll_sum = count = correct = 0
+    state = None
+    for index, batch in enumerate(task.eval_batches(split, stream)):
+        if max_batches is not None and index >= max_batches:
+            break
+        result = task.step(model, batch, state)
+        state = result.state
+        nll_sum, count, correct = nll_sum + result.nll_sum, count + result.count, correct + result.correct
+    return metric_from(task.metric, nll_sum, count, correct), nll_sum / max(count, 1)
+
+
+def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch: int) -> dict:
+    model.train()
+    nll_sum = count = correct = steps = 0
+    grad_norm_sum, state, start = 0.0, None, time.perf_counter()
+    total = task.num_train_batches()
+    if cfg.trainer.max_steps_per_epoch:
+        total = min(total, cfg.trainer.max_steps_per_epoch)
+    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not cfg.trainer.progress, leave=False, file=sys.stderr)
+    for batch in task.train_batches(generator):
+        if steps >= total:
+            break
+        # Weight noise runs the model on perturbed copies of its weight matrices (fresh per minibatch).
+        forward = (lambda *args: weight_noise.forward(model, *args)) if weight_noise else None
+        result = task.step(model, batch, state, forward)
+        state = result.state
+        loss = result.loss
+        if cfg.trainer.loss_sum_over_time:  # Zaremba et al.: summed over the BPTT window, mean over batch
+            loss = loss * result.hidden.shape[0]
+        if cfg.regularizer.norm_stabilizer:
+            loss = loss + norm_stabilizer_penalty(result.hidden, cfg.regularizer.norm_stabilizer)
+        if not math.isfinite(loss.item()):
+            raise Diverged(f"epoch {epoch}, step {steps + 1}: loss is {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = cfg.trainer.clip_grad_norm or float("inf")
+        grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        optimizer.step()
+        nll_sum, count, correct = nll_sum + result.nll_sum, count + result.count, correct + result.correct
+        steps += 1
+        bar.update()
+        if steps % 10 == 0 or steps == total:
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{nll_sum / count:.3f}", **{task.metric: f"{metric_from(task.metric, nll_sum, count, correct):.3f}"},
+                            tok_s=f"{steps * task.tokens_per_step / elapsed:,.0f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {"train_loss": nll_sum / max(count, 1), f"train_{task.metric}": metric_from(task.metric, nll_sum, count, correct),
+            "grad_norm": grad_norm_sum / max(steps, 1), "tokens_per_s": steps * task.tokens_per_step / seconds,
+            "train_seconds": seconds, "steps": steps}
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        return f"cpu ({model.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads)"
+    except (OSError, StopIteration):
+        return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    check_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # data order; masks use the global RNG
+    task, input_vocab, outputs, max_length = build_task(cfg, device)
+    model = build_model(cfg.model, cfg.regularizer, input_vocab, outputs, max_length).to(device)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    weight_noise = WeightNoise(cfg.regularizer.weight_noise) if cfg.regularizer.weight_noise else None
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+    checkpoint.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    start_epoch, best, bad_epochs, history = 1, None, 0, []
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if cfg.trainer.resume and last_path.exists():
+        state = checkpoint.load(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"], generator)
+        start_epoch, best, bad_epochs, history = state["epoch"] + 1, state["best"], state["bad_epochs"], state["history"]
+        print(f"resuming {cfg.name} from epoch {state['epoch']} ({last_path})", file=sys.stderr)
+
+    logger = build_logger(cfg, run_dir, history, config_dict)
+    summary = {"name": cfg.name, "dataset": cfg.dataset.name, "model": cfg.model.cell, "regularizer": cfg.regularizer.name,
+               "metric": task.metric, "scale": cfg.scale_name, "seed": cfg.seed, "device": describe_device(device),
+               "commit": git_commit(), "parameters": sum(p.numel() for p in model.parameters()), "status": "running"}
+    wall_start = time.perf_counter()
+    try:
+        epoch = start_epoch - 1
+        for epoch in range(start_epoch, cfg.trainer.max_epochs + 1):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg.optim, epoch)
+            record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            record.update(train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch))
+            eval_start = time.perf_counter()
+            valid_metric, valid_loss = evaluate(model, task, "valid", max_batches=cfg.trainer.eval_max_batches)
+            record.update({"valid_loss": valid_loss, f"valid_{task.metric}": valid_metric,
+                           "eval_seconds": time.perf_counter() - eval_start})
+            if best is None or valid_metric < best["valid"]:
+                best, bad_epochs = {"valid": valid_metric, "valid_loss": valid_loss, "epoch": epoch}, 0
+                checkpoint.save(best_path, {"model": model.state_dict(), "epoch": epoch, "config": config_dict})
+            else:
+                bad_epochs += 1
+            history.append(record)
+            # The checkpoint (holding the history) is written before the metrics files, so a kill
+            # between the two is repaired on resume, which rewrites metrics.jsonl from it.
+            checkpoint.save(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "rng": checkpoint.rng_state(generator), "epoch": epoch, "best": best,
+                                        "bad_epochs": bad_epochs, "history": history, "config": config_dict})
+            logger.log_epoch(record)
+            print(f"epoch {epoch}: train {task.metric} {record[f'train_{task.metric}']:.4f}  valid {task.metric} "
+                  f"{valid_metric:.4f}  {record['tokens_per_s']:,.0f} tok/s  {record['train_seconds']:.1f}s", file=sys.stderr)
+            if bad_epochs >= cfg.trainer.patience:
+                print(f"early stopping: no better valid {task.metric} for {bad_epochs} epochs", file=sys.stderr)
+                break
+
+        model.load_state_dict(checkpoint.load(best_path)["model"])
+        test_metric, test_loss = evaluate(model, task, "test")
+        summary.update({"status": "finished", "epochs_run": len(history), "best_epoch": best["epoch"],
+                        "best_valid": best["valid"], "best_valid_loss": best["valid_loss"],
+                        "test": test_metric, "test_loss": test_loss})
+        if cfg.trainer.eval_stream and task.metric != "error":  # state carried over the whole split
+            summary["valid_stream"] = evaluate(model, task, "valid", stream=True)[0]
+            summary["test_stream"] = evaluate(model, task, "test", stream=True)[0]
+        summary["wall_seconds"] = time.perf_counter() - wall_start
+        logger.log_summary(summary)
+        print(f"{cfg.name} seed {cfg.seed}: best valid {task.metric} {best['valid']:.4f} (epoch {best['epoch']}), "
+              f"test {task.metric} {test_metric:.4f} [{cfg.scale_name} scale, {summary['device']}, "
+              f"{summary['wall_seconds']:.0f}s] -> {run_dir}")
+        return summary
+    except Diverged as error:
+        summary.update({"status": "diverged", "error": str(error), "epochs_run": len(history)})
+        logger.log_summary(summary)
+        raise
+    finally:
+        logger.finish()
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def hydra_entry(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        train(cfg, run_dir)
+    except (ConfigError, ModelConfigError) as error:
+        fail(str(error))
+    except Diverged as error:
+        fail(f"training diverged ({error}); the last good checkpoint is {run_dir / 'last.pt'}", status=3)
+    except Exception as error:  # data errors and the like: one line, not a traceback
+        from zoneout.data import DataError
+
+        if isinstance(error, DataError):
+            fail(str(error))
+        raise
+
+
+def main() -> None:
+    # `+experiment=x` is what people type; experiment is already in the defaults list (as null).
+    sys.argv = [a.replace("+experiment=", "experiment=", 1) if a.startswith("+experiment=") else a for a in sys.argv]
+    try:
+        check_group_overrides(sys.argv[1:])
+    except ConfigError as error:
+        fail(str(error))
+    hydra_entry()
+
+
+if __name__ == "__main__":
+    main()
