@@ -55,26 +55,35 @@ def fmt(mean: float, std: float, n: int, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
 
 
+def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tuple[dict, list]:
+    """One table row (our mean ± std over the runs' seeds, the paper's figures) and its validation curves."""
+    paper = row.get("paper") or {}
+    entry = {"row": row["label"], "experiment": row.get("experiment"), "cited": bool(row.get("cited")),
+             "paper_valid": paper.get("valid"), "paper_test": paper.get("test"), "n_seeds": len(runs)}
+    curves = []
+    if runs:
+        valid = mean_std([s["best_valid"] for s, _ in runs])
+        test = mean_std([s["test"] for s, _ in runs])
+        entry.update({"valid_mean": valid[0], "valid_std": valid[1], "test_mean": test[0], "test_std": test[1],
+                      "epochs": "/".join(str(s["epochs_run"]) for s, _ in runs),
+                      "seeds": " ".join(str(s["seed"]) for s, _ in runs),
+                      "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
+        for summary, run_dir in runs:
+            metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l]
+            curves.append((f"{row['label']} (seed {summary['seed']})",
+                           [m["epoch"] for m in metrics], [m[f"valid_{metric}"] for m in metrics]))
+    return entry, curves
+
+
 def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path | None = None) -> list[dict]:
     digits = 1 if spec["metric"] == "perplexity" else 3
     rows, curves = [], []
     for row in spec["rows"]:
-        paper = row.get("paper", {})
-        runs = find_runs(scale, row["experiment"]) if not row.get("cited") else []
-        entry = {"row": row["label"], "experiment": row["experiment"], "cited": bool(row.get("cited")),
-                 "paper_valid": paper.get("valid"), "paper_test": paper.get("test"), "n_seeds": len(runs)}
-        if runs:
-            valid = mean_std([s["best_valid"] for s, _ in runs])
-            test = mean_std([s["test"] for s, _ in runs])
-            entry.update({"valid_mean": valid[0], "valid_std": valid[1], "test_mean": test[0], "test_std": test[1],
-                          "epochs": "/".join(str(s["epochs_run"]) for s, _ in runs),
-                          "seeds": " ".join(str(s["seed"]) for s, _ in runs),
-                          "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
-            for summary, run_dir in runs:
-                metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l]
-                curves.append((f"{row['label']} (seed {summary['seed']})",
-                               [m["epoch"] for m in metrics], [m[f"valid_{spec['metric']}"] for m in metrics]))
+        # A row without an experiment (e.g. a cited HyperLSTM figure) has nothing of ours to run.
+        runs = find_runs(scale, row["experiment"]) if row.get("experiment") else []
+        entry, row_curves = summarize_row(row, runs, spec["metric"])
         rows.append(entry)
+        curves.extend(row_curves)
     out_dir = out_dir or ROOT / "results" / scale
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(spec, scale, rows, digits)
@@ -96,13 +105,14 @@ def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> st
              "|---|---|---|---|---|---|---|---|---|---|"]
     show = lambda v: "–" if v is None else f"{v}"  # noqa: E731
     for r in rows:
-        if r["cited"]:
-            lines.append(f"| {r['row']} (cited) | – | – | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – |")
+        label = f"{r['row']} (cited)" if r["cited"] else r["row"]  # paper figure from another paper
+        if not r["experiment"]:
+            lines.append(f"| {label} | – | – | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – |")
         elif not r["n_seeds"]:
-            lines.append(f"| {r['row']} | not run | not run | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – |")
+            lines.append(f"| {label} | not run | not run | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – |")
         else:
             delta = "–" if r["paper_test"] is None else f"{r['test_mean'] - r['paper_test']:+.{digits}f}"
-            lines.append(f"| {r['row']} | {fmt(r['valid_mean'], r['valid_std'], r['n_seeds'], digits)} | "
+            lines.append(f"| {label} | {fmt(r['valid_mean'], r['valid_std'], r['n_seeds'], digits)} | "
                          f"{fmt(r['test_mean'], r['test_std'], r['n_seeds'], digits)} | {show(r['paper_valid'])} | "
                          f"{show(r['paper_test'])} | {delta} | {r['epochs']} | {r['seeds']} | {r['device']} | {r['commit']} |")
     return "\n".join(lines) + "\n"

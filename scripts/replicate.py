@@ -43,8 +43,8 @@ def main() -> int:
     failures = []
     if args.launcher == "sequential":
         for row in spec["rows"]:
-            if row.get("cited"):
-                continue  # a figure the paper cites from another paper: nothing of ours to run
+            if not row.get("experiment"):
+                continue  # e.g. a figure the paper cites from another paper: nothing of ours to run
             for seed in args.seeds:
                 if not args.force and finished(args.scale, row["experiment"], seed):
                     print(f"[skip] {row['experiment']} seed {seed}: already finished", flush=True)
@@ -54,7 +54,7 @@ def main() -> int:
                 if subprocess.run(command, cwd=ROOT).returncode != 0:
                     failures.append(f"{row['experiment']} seed {seed}")
     else:
-        experiments = ",".join(r["experiment"] for r in spec["rows"] if not r.get("cited"))
+        experiments = ",".join(r["experiment"] for r in spec["rows"] if r.get("experiment"))
         launcher = {"joblib": "hydra/launcher=joblib", "slurm": "hydra/launcher=slurm"}[args.launcher]
         seeds = ",".join(map(str, args.seeds))
         # Multirun jobs write to the sweep dir; point each job at the same run dir layout.

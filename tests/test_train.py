@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -145,16 +146,49 @@ def test_overrides_and_quick_scale_compose():
     assert quick.model.hidden_size == quick.dataset.quick.hidden_size and quick.scale_name == "quick"
 
 
+def read_wandb_records(path: Path) -> list:
+    """Records of an offline run's .wandb file: a 7-byte header, then LevelDB-log framing (32 KiB
+    blocks; each chunk: crc32 (4), length (2), type (1: full, 2: first, 3: middle, 4: last))."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, position, records, pending = path.read_bytes(), 7, [], b""
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:  # block trailer padding
+            position += 32768 - position % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        chunk, position = data[position + 7:position + 7 + length], position + 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending + chunk)
+            records.append(record)
+            pending = b""
+        elif kind in (2, 3):
+            pending += chunk
+    return records
+
+
 def test_wandb_offline_run_folder_holds_config_and_metrics(data_dir, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = tiny_cfg(data_dir, "logger=wandb", "trainer.max_epochs=1")
-    train(cfg, tmp_path)
+    train(tiny_cfg(data_dir, "logger=wandb", "trainer.max_epochs=2"), tmp_path)
     run_folders = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(run_folders) == 1
-    config_text = (run_folders[0] / "files" / "config.yaml").read_text()
-    assert "zoneout_cell" in config_text and "ptb_char" in config_text
-    # The offline run's history (.wandb binary log) holds the logged metric names.
-    log = next(run_folders[0].glob("*.wandb")).read_bytes()
-    assert b"valid_bpc" in log and b"train_loss" in log
+    log_path = next(run_folders[0].glob("*.wandb"))
+    deadline = time.time() + 60  # wandb's service process may still be flushing the log after finish()
+    records = read_wandb_records(log_path)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records):
+        assert time.time() < deadline, "the offline W&B log never recorded the run's exit"
+        time.sleep(0.2)
+        records = read_wandb_records(log_path)
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.project == "zoneout" and run.run_group == "ptb_char/zoneout" and list(run.tags) == ["ptb_char", "lstm", "zoneout"]
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["regularizer"]["zoneout_cell"] == 0.5 and config["model"]["hidden_size"] == 16
+    logged = [{"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item}
+              for r in records if r.WhichOneof("record_type") == "history"]
+    assert [h["valid_bpc"] for h in logged] == [m["valid_bpc"] for m in read_metrics(tmp_path)]
+    summary = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"
+               for i in r.summary.update}
+    assert summary["test"] == json.loads((tmp_path / "summary.json").read_text())["test"]

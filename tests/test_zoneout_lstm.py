@@ -10,7 +10,6 @@ from torch import nn
 from zoneout import ZoneoutLSTM
 from zoneout.nn import reference
 from zoneout.nn.noise import RecurrentNoise
-from zoneout.regularizers import Zoneout
 
 F64 = torch.float64
 
@@ -98,6 +97,21 @@ def test_state_dict_loads_both_ways(num_layers, bias):
     plain = ZoneoutLSTM(4, 6, num_layers=num_layers, bias=bias, impl="reference")
     plain.load_state_dict(fresh.state_dict())
     torch.testing.assert_close(plain(x)[0], fresh(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_functional_call_reads_substituted_weights():
+    # Weight noise runs the model through torch.func.functional_call: the layers must read their
+    # parameters at forward time, never through a cached copy.
+    torch.manual_seed(9)
+    model = zoneout_lstm(3, 4, num_layers=2, zoneout_cell=0.2, zoneout_hidden=0.1).eval()
+    noisy = {name: p.detach() + 0.1 * torch.randn_like(p) for name, p in model.named_parameters()}
+    twin = zoneout_lstm(3, 4, num_layers=2, zoneout_cell=0.2, zoneout_hidden=0.1).eval()
+    twin.load_state_dict(noisy)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    output, (h_n, c_n) = torch.func.functional_call(model, noisy, (x,))
+    want_output, (want_h, want_c) = twin(x)
+    assert torch.equal(output, want_output) and torch.equal(h_n, want_h) and torch.equal(c_n, want_c)
+    assert not torch.allclose(model(x)[0], output)
 
 
 # ---------------------------------------------------------------- 2. probabilities 0 == nn.LSTM, values and gradients
@@ -262,38 +276,24 @@ def test_gradcheck_reference_layer_with_fixed_masks(mask_kind):
     assert torch.autograd.gradcheck(layer, args, eps=1e-6, atol=1e-7)
 
 
-# ---------------------------------------------------------------- 11. broadcast shapes of masks
-@pytest.mark.parametrize("field", ["keep_cell", "keep_hidden", "update_keep"])
-@pytest.mark.parametrize("mask_shape", [(5, 3, 1), (5, 1, 4)])  # stochastic depth, static
-def test_broadcast_masks_equal_their_expanded_form(field, mask_shape):
-    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh = random_layer_args(seq_len=5, batch=3, hidden=4, seed=4)
-    mask = torch.rand(mask_shape, generator=torch.Generator().manual_seed(5)) < 0.5
-    assert mask.any() and not mask.all()
-    run = lambda m: reference.lstm_layer(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,  # noqa: E731
-                                         RecurrentNoise(**{field: m}))
-    for got, want in zip(run(mask), run(mask.expand(5, 3, 4).contiguous())):
-        assert torch.equal(got, want)
-    assert not torch.equal(run(mask)[0], run(None)[0])  # the mask did something
-
-
 # ---------------------------------------------------------------- 12. validation
-@pytest.mark.parametrize("field", ["zoneout_cell", "zoneout_hidden", "dropout"])
-@pytest.mark.parametrize("value", [-0.1, 1.5])
-def test_invalid_probability_raises_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
-        ZoneoutLSTM(3, 4, impl="reference", **{field: value})
-
-
-def test_shared_mask_needs_equal_probabilities():
-    with pytest.raises(ValueError, match="shared_mask"):
-        Zoneout(cell=0.2, hidden=0.3, shared_mask=True)
-    assert Zoneout(cell=0.15, hidden=0.15, shared_mask=True).shared_mask
-
-
 @pytest.mark.parametrize("hidden_size", [0, -3])
 def test_non_positive_hidden_size_raises(hidden_size):
     with pytest.raises(ValueError, match="hidden_size"):
         ZoneoutLSTM(3, hidden_size, impl="reference")
+
+
+@pytest.mark.parametrize("input_shape,state_shape", [
+    ((5, 2, 3), (2, 4)),      # batched input, state without the layer axis: would broadcast example 0's state
+    ((5, 2, 3), (1, 3, 4)),   # wrong batch
+    ((5, 2, 3), (1, 2, 5)),   # wrong hidden size
+    ((5, 3), (1, 1, 4)),      # unbatched input takes a (num_layers, hidden_size) state
+])
+def test_wrong_initial_state_shape_raises(input_shape, state_shape):
+    model = ZoneoutLSTM(3, 4, zoneout_cell=0.1, impl="reference")
+    state = torch.zeros(state_shape)
+    with pytest.raises(ValueError, match="h_0"):
+        model(torch.zeros(input_shape), (state, state))
 
 
 # ---------------------------------------------------------------- 13. dtypes and no_grad

@@ -35,16 +35,13 @@ def recorded_steps(monkeypatch):
     return steps
 
 
-def kept_patterns(model, steps, seq_len=10, batch=16, hidden_init=None):
-    """Run one forward; return per layer (kept_c, kept_h), bool (T, B, H)."""
+def kept_patterns(model, steps, seq_len=10, batch=16):
+    """Run one forward on random data; return per layer (kept_c, kept_h), bool (T, B, H)."""
     steps.clear()
-    generator = torch.Generator().manual_seed(len(steps) + seq_len * 1000 + batch)
-    x = torch.randn(seq_len, batch, model.input_size, generator=generator, dtype=F64)
-    hx = None if hidden_init is None else hidden_init
-    if hx is None:  # non-zero initial state so that a kept first step is distinguishable from anything else
-        shape = (model.num_layers, batch, model.hidden_size)
-        hx = (torch.randn(shape, generator=generator, dtype=F64), torch.randn(shape, generator=generator, dtype=F64))
-    model(x, hx)
+    x = torch.randn(seq_len, batch, model.input_size, dtype=F64)
+    # A random, non-zero initial state, so that keeping at t = 0 is as visible as at any other step.
+    state_shape = (model.num_layers, batch, model.hidden_size)
+    model(x, (torch.randn(state_shape, dtype=F64), torch.randn(state_shape, dtype=F64)))
     assert len(steps) == model.num_layers * seq_len, "reference.lstm_layer no longer calls lstm_cell_step per step"
     patterns = []
     for layer in range(model.num_layers):
@@ -66,6 +63,14 @@ def assert_rate(events, probability, what):
 def assert_independent_halves(a, b, what):
     """Two independent Bernoulli(0.5) patterns disagree half the time; a repeated or shared one never does."""
     assert_rate(a != b, 0.5, what)
+
+
+def random_layer_args(seq_len, batch, hidden, input_size=2, seed=0):
+    """input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh for reference.lstm_layer, float64."""
+    generator = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=F64)  # noqa: E731
+    return (rand(seq_len, batch, input_size), rand(batch, hidden), rand(batch, hidden),
+            rand(4 * hidden, input_size), rand(4 * hidden, hidden), rand(4 * hidden), rand(4 * hidden))
 
 
 def zoneout_model(zoneout_cell, zoneout_hidden, num_layers=1, hidden=32):
@@ -161,3 +166,31 @@ def test_static_mask_is_the_same_every_call_every_batch_and_in_eval(recorded_ste
                 assert torch.equal(run[layer][index], pattern.expand(32, batch, 64)), f"{name} layer {layer}"
             assert_rate(pattern, probability, f"static {name} keep rate")
         assert not torch.equal(first[0][0], first[1][0][:, :4]), "layers share one static mask"
+
+
+# ---------------------------------------------------------------- 11. stochastic-depth and static mask shapes broadcast
+@pytest.mark.parametrize("field", ["keep_cell", "keep_hidden", "update_keep"])
+@pytest.mark.parametrize("mask_shape", [(5, 3, 1), (5, 1, 4)])  # stochastic depth, static
+def test_broadcast_masks_equal_their_expanded_form(field, mask_shape):
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh = random_layer_args(seq_len=5, batch=3, hidden=4, seed=4)
+    mask = torch.rand(mask_shape, generator=torch.Generator().manual_seed(5)) < 0.5
+    assert mask.any() and not mask.all()
+    run = lambda m: reference.lstm_layer(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,  # noqa: E731
+                                         RecurrentNoise(**{field: m}))
+    for got, want in zip(run(mask), run(mask.expand(5, 3, 4).contiguous())):
+        assert torch.equal(got, want)
+    assert not torch.equal(run(mask)[0], run(None)[0])  # the mask did something
+
+
+# ---------------------------------------------------------------- 12. probability validation
+@pytest.mark.parametrize("field", ["zoneout_cell", "zoneout_hidden", "dropout"])
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_invalid_probability_raises_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        ZoneoutLSTM(3, 4, impl="reference", **{field: value})
+
+
+def test_shared_mask_needs_equal_probabilities():
+    with pytest.raises(ValueError, match="shared_mask"):
+        Zoneout(cell=0.2, hidden=0.3, shared_mask=True)
+    assert Zoneout(cell=0.15, hidden=0.15, shared_mask=True).shared_mask

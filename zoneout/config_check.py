@@ -66,10 +66,6 @@ def check_config(cfg) -> None:
             raise ConfigError(f"dataset.seq_len={d.seq_len}: must be at least 2")
     if not isinstance(d.train_fraction, (int, float)) or not 0.0 < d.train_fraction <= 1.0:
         raise ConfigError(f"dataset.train_fraction={d.train_fraction!r}: must be in (0, 1]")
-    if not Path(d.data_dir).is_dir():
-        raise ConfigError(f"dataset.data_dir={d.data_dir!r}: folder does not exist; run `make data` or set ZONEOUT_DATA_DIR")
-    if d.mirror is not None and not Path(d.mirror).is_dir():
-        raise ConfigError(f"dataset.mirror={d.mirror!r}: folder does not exist; give a folder laid out like shared/data or null")
     _one_of("model.cell", m.cell, CELLS)
     _positive_int("model.hidden_size", m.hidden_size)
     _positive_int("model.num_layers", m.num_layers)
@@ -103,6 +99,11 @@ def check_config(cfg) -> None:
         raise ConfigError("device='cuda': no CUDA device is available here; use device=cpu or auto")
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed={cfg.seed!r}: must be an integer")
+    # Paths last: a wrong value elsewhere is reported even before the data has been fetched.
+    if not Path(d.data_dir).is_dir():
+        raise ConfigError(f"dataset.data_dir={d.data_dir!r}: folder does not exist; run `make data` or set ZONEOUT_DATA_DIR")
+    if d.mirror is not None and not Path(d.mirror).is_dir():
+        raise ConfigError(f"dataset.mirror={d.mirror!r}: folder does not exist; give a folder laid out like shared/data or null")
 
 
 def fail(message: str, status: int = 2) -> None:

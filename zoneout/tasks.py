@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoneout.data import batching
+from zoneout.data import batching, mnist
 
 
 @dataclass
@@ -61,11 +61,6 @@ class LanguageModelingTask:
             return batching.stream_batches(self.train_stream, self.batch_size, self.seq_len)
         return batching.random_offset_chunks(self.train_stream, self.seq_len, self.batch_size, generator)
 
-    def num_train_batches(self) -> int:
-        if self.loader == "stream":
-            return math.ceil((len(self.train_stream) // self.batch_size - 1) / self.seq_len)
-        return math.ceil((len(self.train_stream) // self.seq_len - 1) / self.batch_size)
-
     def eval_batches(self, split: str, stream: bool = False) -> Iterable:
         data = self.splits[split]
         if stream or self.loader == "stream":
@@ -97,13 +92,10 @@ class PixelClassificationTask:
         self.tokens_per_step = self.batch_size * 784
 
     def train_batches(self, generator: torch.Generator) -> Iterable:
-        return batching_mnist().mnist_batches(*self.train, self.batch_size, self.permutation, generator)
-
-    def num_train_batches(self) -> int:
-        return math.ceil(len(self.train[1]) / self.batch_size)
+        return mnist.mnist_batches(*self.train, self.batch_size, self.permutation, generator)
 
     def eval_batches(self, split: str, stream: bool = False) -> Iterable:
-        return batching_mnist().mnist_batches(*self.splits[split], self.eval_batch_size, self.permutation)
+        return mnist.mnist_batches(*self.splits[split], self.eval_batch_size, self.permutation)
 
     def step(self, model, batch, state, forward=None) -> StepResult:
         pixels, labels = batch[0].to(self.device), batch[1].to(self.device)
@@ -113,16 +105,10 @@ class PixelClassificationTask:
         return StepResult(nll / len(labels), nll.item(), len(labels), correct, hidden, None)
 
 
-def batching_mnist():
-    from zoneout.data import mnist
-    return mnist
-
-
 def build_task(cfg, device):
     """(task, input vocabulary or None, number of outputs, longest sequence the model sees)."""
     data_cfg = cfg.dataset
     if data_cfg.name == "pmnist":
-        from zoneout.data import mnist
         images = mnist.load_pmnist(data_cfg.data_dir, data_cfg.mirror)
         permutation = mnist.pixel_permutation(data_cfg.permutation, data_cfg.permutation_seed)
         return PixelClassificationTask(images, permutation, data_cfg, device), None, 10, 784

@@ -62,11 +62,10 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
     model.train()
     nll_sum = count = correct = steps = 0
     grad_norm_sum, state, start = 0.0, None, time.perf_counter()
-    total = task.num_train_batches()
-    if cfg.trainer.max_steps_per_epoch:
-        total = min(total, cfg.trainer.max_steps_per_epoch)
+    batches = task.train_batches(generator)  # draws this epoch's offset and order
+    total = min(len(batches), cfg.trainer.max_steps_per_epoch or len(batches))
     bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not cfg.trainer.progress, leave=False, file=sys.stderr)
-    for batch in task.train_batches(generator):
+    for batch in batches:
         if steps >= total:
             break
         # Weight noise runs the model on perturbed copies of its weight matrices (fresh per minibatch).

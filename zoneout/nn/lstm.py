@@ -88,13 +88,19 @@ class LSTM(nn.Module):
             noise = noise.merged(regularizer.noise(seq_len, batch, self.hidden_size, device, self.training, layer))
         return noise
 
+    def _check_state(self, hx: tuple[Tensor, Tensor], batch: int, unbatched: bool) -> None:
+        # A wrong-shaped state would broadcast silently inside the recurrence (nn.LSTM raises too).
+        expected = (self.num_layers, self.hidden_size) if unbatched else (self.num_layers, batch, self.hidden_size)
+        for name, state in zip(("h_0", "c_0"), hx):
+            if tuple(state.shape) != expected:
+                raise ValueError(f"hx {name} must have shape (num_layers, [batch,] hidden_size) = {expected}, "
+                                 f"got {tuple(state.shape)}")
+
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Same contract as nn.LSTM.forward: input (T, B, I) or (B, T, I) with batch_first, or (T, I)."""
         unbatched = input.dim() == 2
         if unbatched:
             input = input.unsqueeze(1)
-            if hx is not None:
-                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         if input.dim() != 3 or input.shape[-1] != self.input_size:
             raise ValueError(f"input must be (T, B, {self.input_size}) (or batch_first), got {tuple(input.shape)}")
         if self.batch_first and not unbatched:
@@ -103,6 +109,10 @@ class LSTM(nn.Module):
         if hx is None:
             zeros = input.new_zeros(self.num_layers, batch, self.hidden_size)
             hx = (zeros, zeros)
+        else:
+            self._check_state(hx, batch, unbatched)
+            if unbatched:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         layer_fn = _resolve_impl(self.impl)
         h_n, c_n, layer_input = [], [], input
         for layer in range(self.num_layers):

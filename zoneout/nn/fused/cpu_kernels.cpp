@@ -24,7 +24,7 @@ enum Kind : int64_t { kAbsent = 0, kScalar = 1, kBool = 2 };
 struct Mask {
   int64_t kind;
   double value;
-  const bool* data = nullptr;
+  const uint8_t* data = nullptr;  // bool storage, read as bytes so loops vectorize
   int64_t stride_t = 0, stride_b = 0, stride_h = 0;
 
   Mask(int64_t kind_, double value_, const std::optional<Tensor>& tensor) : kind(kind_), value(value_) {
@@ -32,7 +32,7 @@ struct Mask {
       TORCH_CHECK(tensor.has_value() && tensor->scalar_type() == at::kBool && tensor->dim() == 3,
                   "bool mask must be a (T, B, H) bool tensor view");
       TORCH_CHECK(tensor->stride(2) == 0 || tensor->stride(2) == 1, "bool mask must have last stride 0 or 1");
-      data = tensor->data_ptr<bool>();
+      data = reinterpret_cast<const uint8_t*>(tensor->data_ptr<bool>());
       stride_t = tensor->stride(0), stride_b = tensor->stride(1), stride_h = tensor->stride(2);
     }
   }
@@ -42,20 +42,20 @@ struct Mask {
 struct Row {
   enum Mode { kNone, kAll, kWeight, kPerUnit } mode;
   double weight = 0.0;
-  const bool* keep = nullptr;
+  const uint8_t* keep = nullptr;
 };
 
 Row row_of(const Mask& mask, int64_t t, int64_t b, bool absent_keeps) {
   if (mask.kind == kAbsent) return {absent_keeps ? Row::kAll : Row::kNone};
   if (mask.kind == kScalar) return {Row::kWeight, mask.value};
-  const bool* first = mask.data + t * mask.stride_t + b * mask.stride_b;
+  const uint8_t* first = mask.data + t * mask.stride_t + b * mask.stride_b;
   if (mask.stride_h == 0) return {*first ? Row::kAll : Row::kNone};
   return {Row::kPerUnit, 0.0, first};
 }
 
 // out = keep ? previous : candidate (bool), or candidate + w * (previous - candidate) (expectation).
 template <typename T>
-void keep_or_update(const Row& keep, const T* previous, const T* candidate, T* out, int64_t n) {
+void keep_or_update(const Row& keep, const T* __restrict__ previous, const T* candidate, T* out, int64_t n) {
   switch (keep.mode) {
     case Row::kNone: if (out != candidate) std::copy(candidate, candidate + n, out); break;
     case Row::kAll: std::copy(previous, previous + n, out); break;
@@ -65,19 +65,21 @@ void keep_or_update(const Row& keep, const T* previous, const T* candidate, T* o
       break;
     }
     case Row::kPerUnit:
-      for (int64_t j = 0; j < n; ++j) out[j] = keep.keep[j] ? previous[j] : candidate[j];
+      for (int64_t j = 0; j < n; ++j) out[j] = keep.keep[j] != 0 ? previous[j] : candidate[j];
       break;
   }
 }
 
-// The factor a row's mask puts on the gradient of the candidate (1 - keep) or of the kept value (keep).
+// A row's mask as multipliers in `out` (bool -> 0/1), so the backward loop is branch-free and vectorizes.
 template <typename T>
-inline T keep_factor(const Row& keep, int64_t j) {
+void fill_factors(const Row& keep, T* __restrict__ out, int64_t n) {
   switch (keep.mode) {
-    case Row::kNone: return T(0);
-    case Row::kAll: return T(1);
-    case Row::kWeight: return static_cast<T>(keep.weight);
-    default: return keep.keep[j] ? T(1) : T(0);
+    case Row::kNone: std::fill(out, out + n, T(0)); break;
+    case Row::kAll: std::fill(out, out + n, T(1)); break;
+    case Row::kWeight: std::fill(out, out + n, static_cast<T>(keep.weight)); break;
+    case Row::kPerUnit:
+      for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(keep.keep[j]);
+      break;
   }
 }
 
@@ -87,9 +89,25 @@ void sigmoid_(T* x, int64_t n) {
   at::vec::map([](V v) { return V(T(1)) / (V(T(1)) + v.neg().exp()); }, x, x, n);
 }
 
+// float tanh with one exp (Sleef's tanhf_u10 costs several): 1 - 2 / (exp(2|x|) + 1) with the sign
+// restored, and for |x| < 0.625, where that cancels, Cephes' odd polynomial. Max error ~2 ulp.
+// double keeps Sleef's tanh (the float64 tests compare to torch.tanh at 1e-10).
 template <typename T>
 void tanh_(T* x, int64_t n) {
-  at::vec::map([](Vectorized<T> v) { return v.tanh(); }, x, x, n);
+  using V = Vectorized<T>;
+  if constexpr (std::is_same_v<T, float>) {
+    at::vec::map([](V v) {
+      const V a = v.abs();
+      const V large = V(1.0f) - V(2.0f) / ((a + a).exp() + V(1.0f));
+      const V z = v * v;
+      const V small = ((((V(-5.70498872745e-3f) * z + V(2.06390887954e-2f)) * z - V(5.37397155531e-2f)) * z +
+                        V(1.33314422036e-1f)) * z - V(3.33332819422e-1f)) * z * v + v;
+      const V signed_large = V::blendv(large, large.neg(), v < V(0.0f));
+      return V::blendv(signed_large, small, a < V(0.625f));
+    }, x, x, n);
+  } else {
+    at::vec::map([](V v) { return v.tanh(); }, x, x, n);
+  }
 }
 
 // One timestep's pointwise forward for every batch row. `gates` (B, 4H) holds pre-activations on
@@ -106,11 +124,23 @@ void forward_pointwise(int64_t t, int64_t B, int64_t H, T* gates, const T* h_pre
     sigmoid_(i, 2 * H);
     tanh_(g, H);
     sigmoid_(o, H);
+    // c~ = f * c_prev + update_keep * i * g, written to `tc` for now (tanh'ed below).
     const Row update = row_of(update_keep, t, b, /*absent_keeps=*/true);
-    for (int64_t j = 0; j < H; ++j) {
-      const T update_j = i[j] * g[j];
-      const T scaled = update.mode == Row::kAll ? update_j : update_j * keep_factor<T>(update, j);
-      tc[j] = f[j] * cp[j] + scaled;  // c~ for now; tanh'ed below
+    switch (update.mode) {
+      case Row::kAll:
+        for (int64_t j = 0; j < H; ++j) tc[j] = f[j] * cp[j] + i[j] * g[j];
+        break;
+      case Row::kNone:
+        for (int64_t j = 0; j < H; ++j) tc[j] = f[j] * cp[j];
+        break;
+      case Row::kWeight: {
+        const T w = static_cast<T>(update.weight);
+        for (int64_t j = 0; j < H; ++j) tc[j] = f[j] * cp[j] + i[j] * g[j] * w;
+        break;
+      }
+      case Row::kPerUnit:
+        for (int64_t j = 0; j < H; ++j) tc[j] = f[j] * cp[j] + i[j] * g[j] * static_cast<T>(update.keep[j]);
+        break;
     }
     keep_or_update(row_of(keep_cell, t, b, false), cp, tc, c_next + b * H, H);
     tanh_(tc, H);
@@ -123,33 +153,43 @@ void forward_pointwise(int64_t t, int64_t B, int64_t H, T* gates, const T* h_pre
 // One timestep's pointwise backward. On entry `dh` holds dL/dh_t from later steps and `dc` dL/dc_t;
 // on exit `dh` holds the part of dL/dh_{t-1} that bypasses the GEMM (zoneout's kept h) and `dc` holds
 // dL/dc_{t-1}. `dgates` (B, 4H) receives dL/d(pre-activations).
+// The backward of one (t, b) row; restrict-qualified parameters let the compiler vectorize it.
+template <typename T>
+void backward_row(int64_t H, const T* __restrict__ i, const T* __restrict__ f, const T* __restrict__ g,
+                  const T* __restrict__ o, const T* __restrict__ cp, const T* __restrict__ tc,
+                  const T* __restrict__ go, const T* __restrict__ keep_h, const T* __restrict__ keep_c,
+                  const T* __restrict__ m, T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ di,
+                  T* __restrict__ df, T* __restrict__ dg, T* __restrict__ dout) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T dh_total = go[j] + dh[j];
+    const T dh_candidate = (T(1) - keep_h[j]) * dh_total;
+    const T dc_total = dc[j];
+    const T dc_candidate = (T(1) - keep_c[j]) * dc_total + dh_candidate * o[j] * (T(1) - tc[j] * tc[j]);
+    dout[j] = dh_candidate * tc[j] * o[j] * (T(1) - o[j]);
+    df[j] = dc_candidate * cp[j] * f[j] * (T(1) - f[j]);
+    di[j] = dc_candidate * m[j] * g[j] * i[j] * (T(1) - i[j]);
+    dg[j] = dc_candidate * m[j] * i[j] * (T(1) - g[j] * g[j]);
+    dc[j] = keep_c[j] * dc_total + dc_candidate * f[j];
+    dh[j] = keep_h[j] * dh_total;
+  }
+}
+
+// One timestep's pointwise backward. On entry `dh` holds dL/dh_t from later steps and `dc` dL/dc_t;
+// on exit `dh` holds the part of dL/dh_{t-1} that bypasses the GEMM (zoneout's kept h) and `dc` holds
+// dL/dc_{t-1}. `dgates` (B, 4H) receives dL/d(pre-activations).
 template <typename T>
 void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T* c_prev, const T* tanh_cell,
                         const T* grad_output, T* dh, T* dc, T* dgates, const Mask& keep_cell,
-                        const Mask& keep_hidden, const Mask& update_keep) {
+                        const Mask& keep_hidden, const Mask& update_keep, T* scratch /* 3H */) {
+  T *keep_h = scratch, *keep_c = scratch + H, *m = scratch + 2 * H;
   for (int64_t b = 0; b < B; ++b) {
     const T* i = gates + b * 4 * H;
-    const T *f = i + H, *g = i + 2 * H, *o = i + 3 * H;
-    const T *cp = c_prev + b * H, *tc = tanh_cell + b * H, *go = grad_output + b * H;
-    T *dhr = dh + b * H, *dcr = dc + b * H;
     T* di = dgates + b * 4 * H;
-    T *df = di + H, *dg = di + 2 * H, *dout = di + 3 * H;
-    const Row kc = row_of(keep_cell, t, b, false), kh = row_of(keep_hidden, t, b, false);
-    const Row update = row_of(update_keep, t, b, true);
-    for (int64_t j = 0; j < H; ++j) {
-      const T keep_h = keep_factor<T>(kh, j), keep_c = keep_factor<T>(kc, j);
-      const T dh_total = go[j] + dhr[j];
-      const T dh_candidate = (T(1) - keep_h) * dh_total;
-      const T dc_total = dcr[j];
-      const T dc_candidate = (T(1) - keep_c) * dc_total + dh_candidate * o[j] * (T(1) - tc[j] * tc[j]);
-      const T m = keep_factor<T>(update, j);
-      dout[j] = dh_candidate * tc[j] * o[j] * (T(1) - o[j]);
-      df[j] = dc_candidate * cp[j] * f[j] * (T(1) - f[j]);
-      di[j] = dc_candidate * m * g[j] * i[j] * (T(1) - i[j]);
-      dg[j] = dc_candidate * m * i[j] * (T(1) - g[j] * g[j]);
-      dcr[j] = keep_c * dc_total + dc_candidate * f[j];
-      dhr[j] = keep_h * dh_total;
-    }
+    fill_factors(row_of(keep_hidden, t, b, false), keep_h, H);
+    fill_factors(row_of(keep_cell, t, b, false), keep_c, H);
+    fill_factors(row_of(update_keep, t, b, true), m, H);
+    backward_row(H, i, i + H, i + 2 * H, i + 3 * H, c_prev + b * H, tanh_cell + b * H, grad_output + b * H,
+                 keep_h, keep_c, m, dh + b * H, dc + b * H, di, di + H, di + 2 * H, di + 3 * H);
   }
 }
 
@@ -172,7 +212,7 @@ std::vector<Tensor> forward(Tensor gates, Tensor h0, Tensor c0, Tensor weight_hh
   Tensor cells = at::empty({save ? T + 1 : 2, B, H}, h0.options());
   Tensor tanh_cells = at::empty({save ? T : 1, B, H}, h0.options());
   cells[0].copy_(c0);
-  const Tensor weight_hh_t = weight_hh.t();
+  const Tensor weight_hh_t = weight_hh.t().contiguous();  // (H, 4H): the faster GEMM layout for small B
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       const Tensor h_prev = t == 0 ? h0 : output[t - 1];
@@ -201,12 +241,13 @@ std::vector<Tensor> backward(Tensor grad_output, Tensor grad_h, Tensor grad_c, T
   Tensor dh = grad_h.clone(at::MemoryFormat::Contiguous);
   Tensor dc = grad_c.clone(at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_backward", [&] {
+    std::vector<scalar_t> scratch(3 * H);
     for (int64_t t = T - 1; t >= 0; --t) {
       Tensor dgates_t = dgates[t];
       backward_pointwise<scalar_t>(t, B, H, gates[t].data_ptr<scalar_t>(), cells[t].data_ptr<scalar_t>(),
                                    tanh_cells[t].data_ptr<scalar_t>(), grad_output[t].data_ptr<scalar_t>(),
                                    dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dgates_t.data_ptr<scalar_t>(),
-                                   masks[0], masks[1], masks[2]);
+                                   masks[0], masks[1], masks[2], scratch.data());
       dh.addmm_(dgates_t, weight_hh);
     }
   });
