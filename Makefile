@@ -9,12 +9,19 @@ SEEDS ?= 0
 SHARED_DATA := $(abspath $(wildcard ../shared/data))
 export ZONEOUT_DATA_MIRROR ?= $(SHARED_DATA)
 export ZONEOUT_DATA_DIR ?= $(CURDIR)/data
-TABLES := ptb-char
+# make target -> experiments/<file>.yaml
+TABLE_ptb-char := table1_ptb_char
+TABLE_ptb-word := table1_ptb_word
+TABLE_text8 := table1_text8
+TABLE_pmnist := table2_pmnist
+TABLE_fig3 := fig3_zoneout_grid
+TABLE_gru-rnn := text_gru_rnn
+TABLES := ptb-char ptb-word text8 pmnist fig3 gru-rnn
 
-.PHONY: help install data test test-fast smoke bench $(addprefix replicate-,$(TABLES)) clean
+.PHONY: help install data data-text8 test test-fast smoke bench replicate-gradient-flow $(addprefix replicate-,$(TABLES)) clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
 
 install: $(VENV)/.installed  ## venv + pinned requirements + editable install
 
@@ -34,12 +41,24 @@ test-fast: data  ## tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -q -m "not slow"
 
 smoke: data  ## a char-PTB zoneout run of a few hundred CPU steps that prints BPC
-	$(BIN)/python -m zoneout.train experiment=ptb_char/zoneout logger=csv scale=quick model.hidden_size=128 \
+	$(BIN)/python -m zoneout.train experiment=ptb_char/zoneout logger=csv model.hidden_size=128 dataset.train_fraction=0.2 \
 		trainer.max_epochs=1 trainer.max_steps_per_epoch=300 trainer.eval_max_batches=10 trainer.eval_stream=false \
 		name=smoke/ptb_char_zoneout
 
+data-text8: install  ## download text8 (not in the mirror; needs mattmahoney.net)
+	$(BIN)/python scripts/fetch_data.py --dataset text8
+
 replicate-ptb-char: data  ## Table 1 char-PTB rows (SCALE=quick|paper, SEEDS="0 1 2"), then the table
-	$(BIN)/python scripts/replicate.py table1_ptb_char --scale $(SCALE) --seeds $(SEEDS)
+replicate-ptb-word: data  ## Table 1 word-PTB rows (Zaremba large +/- zoneout), then the table
+replicate-text8: data-text8  ## Table 1 text8 rows, then the table
+replicate-pmnist: data  ## Table 2 permuted-MNIST rows, then the table
+replicate-fig3: data  ## Figure 3 (left): the zoneout probability grid on char-PTB
+replicate-gru-rnn: data  ## GRU and tanh-RNN with/without zoneout on char-PTB (numbers in the paper's text)
+$(addprefix replicate-,$(TABLES)): replicate-%:
+	$(BIN)/python scripts/replicate.py $(TABLE_$*) --scale $(SCALE) --seeds $(SEEDS)
+
+replicate-gradient-flow: data  ## Figure 6: per-timestep gradient norms after one pMNIST epoch -> results/<scale>/gradient_flow.png
+	$(BIN)/python scripts/gradient_flow.py --scale $(SCALE)
 
 bench: install  ## fused vs reference vs nn.LSTM training-step benchmark -> results/bench_<device>.md
 	$(BIN)/python scripts/bench.py

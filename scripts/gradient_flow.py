@@ -65,7 +65,8 @@ def unrolled_forward(model, pixels: torch.Tensor, cell_dropout: float = 0.0, ret
     steps, batch, hidden_size = x.shape[0], x.shape[1], layer.hidden_size
     weight_ih, weight_hh, bias_ih, bias_hh = layer.layer_weights(0)
     noise = layer.layer_noise(0, steps, batch, x.device)
-    gates_x = x @ weight_ih.t() + (bias_ih + bias_hh)
+    # unbind, not gates_x[t]: the backward of T separate index ops would write T full-size zero tensors.
+    gates_x = (x @ weight_ih.t() + (bias_ih + bias_hh)).unbind(0)
     h = c = x.new_zeros(batch, hidden_size)
     candidates = []
     for t in range(steps):

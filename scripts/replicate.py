@@ -39,6 +39,9 @@ def main() -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if spec.get("script"):
+        print(f"error: table {args.table} is made by {spec['script']}; run that script", file=sys.stderr)
+        return 2
     base = [f"scale={args.scale}", f"logger={args.logger}", *args.overrides]
     failures = []
     if args.launcher == "sequential":

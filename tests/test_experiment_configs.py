@@ -200,10 +200,11 @@ def test_model_of_each_row_builds_with_its_regularizers(name):
             (reg.get("zoneout_cell", 0.0), reg.get("zoneout_hidden", 0.0), reg.get("zoneout_shared_mask", False))}
     else:
         assert not zoneouts
-    assert [m.p for m in modules if isinstance(m, RecurrentDropout)] == [reg["recurrent_dropout"]] * want["layers"] * bool(reg.get("recurrent_dropout"))
-    assert [m.p for m in modules if isinstance(m, StochasticDepth)] == [reg["stochastic_depth"]] * want["layers"] * bool(reg.get("stochastic_depth"))
-    dropouts = [m for m in modules if isinstance(m, SequenceDropout)]
-    assert [(m.p, m.variational) for m in dropouts] == [(reg["dropout"], reg.get("variational_dropout", False))] * bool(reg.get("dropout"))
+    per_layer = lambda knob: [reg[knob]] * want["layers"] if reg.get(knob) else []  # noqa: E731
+    assert [m.p for m in modules if isinstance(m, RecurrentDropout)] == per_layer("recurrent_dropout")
+    assert [m.p for m in modules if isinstance(m, StochasticDepth)] == per_layer("stochastic_depth")
+    dropouts = [(m.p, m.variational) for m in modules if isinstance(m, SequenceDropout)]  # one module, shared
+    assert dropouts == ([(reg["dropout"], reg.get("variational_dropout", False))] if reg.get("dropout") else [])
     # A short training-mode forward pass: the combination runs, with the task's shapes.
     if VOCAB[dataset] is None:
         logits = model(torch.rand(3, 6))[0]
@@ -231,7 +232,7 @@ def test_table_rows_match_configs_and_paper(table):
         cfg = composed(experiment)
         assert cfg.name == experiment and cfg.dataset.metric == spec["metric"]
         quick = cfg.dataset.quick  # the shrink described in words is the one scale=quick applies
-        assert f"x{quick.hidden_size} " in spec["quick_scale"]
+        assert f"x{quick.hidden_size} " in spec["quick_scale"] and f"first {quick.train_fraction * 100:g}% " in spec["quick_scale"]
         if not spec.get("script"):  # a table made by a script (Figure 6) trains its own one epoch
             assert f"at most {quick.max_epochs} epochs" in spec["quick_scale"]
         if (table, experiment) in PAPER:

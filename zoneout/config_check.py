@@ -77,6 +77,8 @@ def check_config(cfg) -> None:
     _one_of("model.nonlinearity", m.nonlinearity, ("tanh", "relu"))
     for field in ("zoneout_cell", "zoneout_hidden", "recurrent_dropout", "stochastic_depth", "dropout"):
         _probability(f"regularizer.{field}", r[field])
+    if r.get("cell_dropout"):
+        raise ConfigError("regularizer.cell_dropout: dropout on the recurrent cell exists only in scripts/gradient_flow.py (Figure 6)")
     for field in ("weight_noise", "norm_stabilizer"):
         _non_negative(f"regularizer.{field}", r[field])
     _one_of("optim.name", o.name, ("adam", "sgd", "rmsprop"))
@@ -88,7 +90,7 @@ def check_config(cfg) -> None:
     _positive_int("trainer.patience", t.patience)
     if t.clip_grad_norm is not None and (not isinstance(t.clip_grad_norm, (int, float)) or t.clip_grad_norm <= 0):
         raise ConfigError(f"trainer.clip_grad_norm={t.clip_grad_norm!r}: must be a number > 0 or null")
-    for field in ("max_steps_per_epoch", "eval_max_batches"):
+    for field in ("max_steps_per_epoch", "eval_max_batches", "threads"):
         if t[field] is not None:
             _positive_int(f"trainer.{field}", t[field])
     _one_of("logger.name", cfg.logger.name, ("wandb", "csv"))

@@ -64,7 +64,8 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
     grad_norm_sum, state, start = 0.0, None, time.perf_counter()
     batches = task.train_batches(generator)  # draws this epoch's offset and order
     total = min(len(batches), cfg.trainer.max_steps_per_epoch or len(batches))
-    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not cfg.trainer.progress, leave=False, file=sys.stderr)
+    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not cfg.trainer.progress, leave=False, file=sys.stderr,
+               mininterval=1.0)
     for batch in batches:
         if steps >= total:
             break
@@ -123,6 +124,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # data order; masks use the global RNG
     task, input_vocab, outputs, max_length = build_task(cfg, device)

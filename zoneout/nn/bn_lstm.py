@@ -76,6 +76,7 @@ def bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weig
     """One BN-LSTM layer: input (T, B, I), h0/c0 (B, H) -> output (T, B, H), h_T, c_T."""
     gates_x = bn_ih(input @ weight_ih.t(), start=0) + (bias_ih + bias_hh)  # per-timestep stats, all at once
     h, c, outputs = h0, c0, []
+    gates_x = gates_x.unbind(0)  # per-step views: indexing would make backward O(T^2)
     for t in range(input.shape[0]):
         noise_t = noise.at(t)
         gates = gates_x[t] + bn_hh((h @ weight_hh.t()).unsqueeze(0), start=t)[0]

@@ -44,6 +44,7 @@ def gru_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
     if bias_ih is not None:
         gates_x = gates_x + bias_ih
     h, outputs = h0, []
+    gates_x = gates_x.unbind(0)  # per-step views: indexing would make backward O(T^2)
     for t in range(input.shape[0]):
         h = gru_cell_step(gates_x[t], h, weight_hh, bias_hh, noise.at(t).keep_hidden)
         outputs.append(h)

@@ -37,6 +37,7 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
     gates_x = input @ weight_ih.t()  # one GEMM for the input projection of all timesteps
     if bias_ih is not None:
         gates_x = gates_x + (bias_ih + bias_hh)
+    gates_x = gates_x.unbind(0)  # per-step views; indexing the (T, B, 4H) tensor would make backward O(T^2)
     h, c = h0, c0
     outputs = []
     for t in range(input.shape[0]):

@@ -32,6 +32,7 @@ def rnn_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
     if bias_ih is not None:
         pre_x = pre_x + (bias_ih + bias_hh)
     h, outputs = h0, []
+    pre_x = pre_x.unbind(0)  # per-step views: indexing would make backward O(T^2)
     for t in range(input.shape[0]):
         h_candidate = activation(pre_x[t] + h @ weight_hh.t())
         h = keep_or_update(noise.at(t).keep_hidden, h, h_candidate)

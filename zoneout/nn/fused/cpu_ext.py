@@ -42,14 +42,14 @@ def load(verbose: bool = False):
         _state.update(module=None, error="disabled by ZONEOUT_FUSED_CPP=0")
         return None
     isa = _isa()
-    flags = ["-O3", f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}", *_ISA_FLAGS.get(isa, [])]
+    flags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}", *_ISA_FLAGS.get(isa, [])]
     digest = hashlib.sha1((SOURCE.read_text() + " ".join(flags) + torch.__version__).encode()).hexdigest()[:10]
     start = time.perf_counter()
     try:
         from torch.utils import cpp_extension
 
         module = cpp_extension.load(name=f"zoneout_fused_cpu_{isa.lower()}_{digest}", sources=[str(SOURCE)],
-                                    extra_cflags=flags, verbose=verbose)
+                                    extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=verbose)
     except Exception as error:  # no compiler, no ninja, no headers: the PyTorch kernels still work
         _log.warning("zoneout fused CPU kernels could not be built (%s); using the pure-PyTorch path",
                      str(error).splitlines()[0] if str(error) else type(error).__name__)

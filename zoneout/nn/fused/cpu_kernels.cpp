@@ -19,8 +19,7 @@ using at::vec::Vectorized;
 
 enum Kind : int64_t { kAbsent = 0, kScalar = 1, kBool = 2 };
 
-// One RecurrentNoise field. `absent_keeps` says what "no mask" means: the zoneout keep masks keep
-// nothing, the recurrent-dropout update mask keeps every update.
+// One RecurrentNoise field as the kernels read it.
 struct Mask {
   int64_t kind;
   double value;
@@ -45,6 +44,8 @@ struct Row {
   const uint8_t* keep = nullptr;
 };
 
+// `absent_keeps` says what "no mask" means: the zoneout keep masks keep nothing, the
+// recurrent-dropout update mask keeps every update.
 Row row_of(const Mask& mask, int64_t t, int64_t b, bool absent_keeps) {
   if (mask.kind == kAbsent) return {absent_keeps ? Row::kAll : Row::kNone};
   if (mask.kind == kScalar) return {Row::kWeight, mask.value};
@@ -110,13 +111,18 @@ void tanh_(T* x, int64_t n) {
   }
 }
 
+// Rows per parallel chunk: enough work per thread (~16k gate values) to pay for the fork/join.
+// Without -fopenmp at::parallel_for runs the rows serially.
+inline int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / (4 * H)); }
+
 // One timestep's pointwise forward for every batch row. `gates` (B, 4H) holds pre-activations on
 // entry and the activated gates on exit; `tanh_cell` receives tanh(c~).
 template <typename T>
 void forward_pointwise(int64_t t, int64_t B, int64_t H, T* gates, const T* h_prev, const T* c_prev,
                        T* h_next, T* c_next, T* tanh_cell, const Mask& keep_cell, const Mask& keep_hidden,
                        const Mask& update_keep) {
-  for (int64_t b = 0; b < B; ++b) {
+  at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
+  for (int64_t b = begin; b < end; ++b) {
     T* i = gates + b * 4 * H;
     T *f = i + H, *g = i + 2 * H, *o = i + 3 * H;
     const T* cp = c_prev + b * H;
@@ -148,11 +154,9 @@ void forward_pointwise(int64_t t, int64_t B, int64_t H, T* gates, const T* h_pre
     for (int64_t j = 0; j < H; ++j) hn[j] = o[j] * tc[j];
     keep_or_update(row_of(keep_hidden, t, b, false), h_prev + b * H, hn, hn, H);
   }
+  });
 }
 
-// One timestep's pointwise backward. On entry `dh` holds dL/dh_t from later steps and `dc` dL/dc_t;
-// on exit `dh` holds the part of dL/dh_{t-1} that bypasses the GEMM (zoneout's kept h) and `dc` holds
-// dL/dc_{t-1}. `dgates` (B, 4H) receives dL/d(pre-activations).
 // The backward of one (t, b) row; restrict-qualified parameters let the compiler vectorize it.
 template <typename T>
 void backward_row(int64_t H, const T* __restrict__ i, const T* __restrict__ f, const T* __restrict__ g,
@@ -180,9 +184,11 @@ void backward_row(int64_t H, const T* __restrict__ i, const T* __restrict__ f, c
 template <typename T>
 void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T* c_prev, const T* tanh_cell,
                         const T* grad_output, T* dh, T* dc, T* dgates, const Mask& keep_cell,
-                        const Mask& keep_hidden, const Mask& update_keep, T* scratch /* 3H */) {
-  T *keep_h = scratch, *keep_c = scratch + H, *m = scratch + 2 * H;
-  for (int64_t b = 0; b < B; ++b) {
+                        const Mask& keep_hidden, const Mask& update_keep) {
+  at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
+  std::vector<T> scratch(3 * H);  // per thread: the row's masks as multipliers
+  T *keep_h = scratch.data(), *keep_c = keep_h + H, *m = keep_h + 2 * H;
+  for (int64_t b = begin; b < end; ++b) {
     const T* i = gates + b * 4 * H;
     T* di = dgates + b * 4 * H;
     fill_factors(row_of(keep_hidden, t, b, false), keep_h, H);
@@ -191,6 +197,7 @@ void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T
     backward_row(H, i, i + H, i + 2 * H, i + 3 * H, c_prev + b * H, tanh_cell + b * H, grad_output + b * H,
                  keep_h, keep_c, m, dh + b * H, dc + b * H, di, di + H, di + 2 * H, di + 3 * H);
   }
+  });
 }
 
 std::vector<Mask> masks_of(const std::vector<int64_t>& kinds, const std::vector<double>& values,
@@ -229,25 +236,26 @@ std::vector<Tensor> forward(Tensor gates, Tensor h0, Tensor c0, Tensor weight_hh
   return {output, cells[T % 2].clone()};
 }
 
-// Walks time backwards. Returns dgates (T,B,4H) (for the weight, bias and input gradients, which
-// the caller computes as large GEMMs), dh0 and dc0.
+// Walks time backwards. Fills dgates (T,B,4H) (for the weight, bias and input gradients, which the
+// caller computes as large GEMMs; a reused workspace spares the page faults of a fresh buffer) and
+// returns it with dh0 and dc0.
 std::vector<Tensor> backward(Tensor grad_output, Tensor grad_h, Tensor grad_c, Tensor gates, Tensor cells,
                              Tensor tanh_cells, Tensor weight_hh, std::vector<int64_t> kinds,
-                             std::vector<double> values, std::vector<std::optional<Tensor>> tensors) {
+                             std::vector<double> values, std::vector<std::optional<Tensor>> tensors, Tensor dgates) {
   TORCH_CHECK(grad_output.is_contiguous() && gates.is_contiguous(), "contiguous inputs expected");
   const auto masks = masks_of(kinds, values, tensors);
   const int64_t T = gates.size(0), B = gates.size(1), H = cells.size(2);
-  Tensor dgates = at::empty_like(gates);
+  TORCH_CHECK(dgates.sizes() == gates.sizes() && dgates.is_contiguous() && dgates.dtype() == gates.dtype(),
+              "dgates must be a contiguous tensor shaped and typed like gates");
   Tensor dh = grad_h.clone(at::MemoryFormat::Contiguous);
   Tensor dc = grad_c.clone(at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_backward", [&] {
-    std::vector<scalar_t> scratch(3 * H);
     for (int64_t t = T - 1; t >= 0; --t) {
       Tensor dgates_t = dgates[t];
       backward_pointwise<scalar_t>(t, B, H, gates[t].data_ptr<scalar_t>(), cells[t].data_ptr<scalar_t>(),
                                    tanh_cells[t].data_ptr<scalar_t>(), grad_output[t].data_ptr<scalar_t>(),
                                    dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dgates_t.data_ptr<scalar_t>(),
-                                   masks[0], masks[1], masks[2], scratch.data());
+                                   masks[0], masks[1], masks[2]);
       dh.addmm_(dgates_t, weight_hh);
     }
   });

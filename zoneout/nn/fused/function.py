@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from zoneout.nn.fused.masks import CompactNoise
 
@@ -33,15 +34,27 @@ def input_projection(input: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor]
 
 def run_inference(kernels, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise: CompactNoise):
     """No autograd: nothing is saved for a backward."""
-    gates = input_projection(input, weight_ih, bias_ih, bias_hh)
-    output, c_last = kernels.forward(gates, h0, c0, weight_hh, noise, False)
+    with _no_autocast(input.device):
+        gates = input_projection(input, weight_ih, bias_ih, bias_hh)
+        output, c_last = kernels.forward(gates, h0, c0, weight_hh, noise, False)
     return output, output[-1].clone(), c_last
+
+
+def _no_autocast(device: torch.device):
+    """The kernels run in the tensors' own dtype (bf16 GEMMs are an explicit option, not autocast)."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 class FusedLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
                 bias_ih: Optional[Tensor], bias_hh: Optional[Tensor], noise: CompactNoise, kernels):
+        with _no_autocast(input.device):
+            return FusedLSTMFunction._forward(ctx, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise,
+                                              kernels)
+
+    @staticmethod
+    def _forward(ctx, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise, kernels):
         gates = input_projection(input, weight_ih, bias_ih, bias_hh)
         output, cells, tanh_cells = kernels.forward(gates, h0, c0, weight_hh, noise, True)
         ctx.noise, ctx.kernels, ctx.has_bias = noise, kernels, bias_ih is not None
@@ -51,7 +64,13 @@ class FusedLSTMFunction(torch.autograd.Function):
         return output, output[-1].clone(), cells[-1].clone()
 
     @staticmethod
+    @once_differentiable  # the kernels are not differentiable: a double backward raises instead of lying
     def backward(ctx, grad_output: Tensor, grad_h: Tensor, grad_c: Tensor):
+        with _no_autocast(grad_output.device):
+            return FusedLSTMFunction._backward(ctx, grad_output, grad_h, grad_c)
+
+    @staticmethod
+    def _backward(ctx, grad_output, grad_h, grad_c):
         input, h0, weight_ih, weight_hh, output, gates, cells, tanh_cells = ctx.saved_tensors
         dgates, dh0, dc0 = ctx.kernels.backward(grad_output.contiguous(), grad_h, grad_c, gates, cells,
                                                 tanh_cells, weight_hh, ctx.noise)

@@ -1,0 +1,324 @@
+"""Training-step benchmark of the zoneout LSTM implementations (issue 4). A script, never a test.
+
+A step = forward + backward + Adam through an LM head (one-hot 50 -> LSTM -> Linear(H, 50),
+cross-entropy) at T=100, B in {32, 128}, H in {256, 1000}, plus pMNIST's shape (T=784, B=100,
+H=100, input 1, Linear(100, 10) on the last h). Rows: nn.LSTM (oneDNN / cuDNN, no zoneout), a
+naive nn.LSTMCell loop with per-step zoneout masks, ZoneoutLSTM(impl="reference") and
+ZoneoutLSTM(impl="fused"), the last three with z_c = 0.5, z_h = 0.05. Repetitions interleave the
+rows (noise on a shared machine hits all of them alike); the table reports medians.
+
+    python scripts/bench.py [--device cpu|cuda] [--quick] [--out results/bench_<device>.md]
+    python scripts/bench.py --cpu-options    # fused CPU kernels: C++ vs PyTorch ops vs TorchScript vs compile
+    python scripts/bench.py --device cuda --ptb-epoch [--tf32] [--bf16] [--cuda-graphs]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import zoneout.nn.fused as fused
+from zoneout.nn.fused import cpu_ext
+from zoneout.nn.lstm import ZoneoutLSTM
+
+Z_CELL, Z_HIDDEN, VOCAB, PMNIST = 0.5, 0.05, 50, "pMNIST"
+PTB_CHAR_TRAIN_CHARS = 5_017_482  # characters + one end-of-line per line (data/README.md)
+ROWS = ("nn.LSTM", "LSTMCell loop", "reference", "fused")
+
+
+class CellLoop(nn.Module):
+    """The usual zoneout implementation: an nn.LSTMCell in a Python loop, masks drawn per step."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[1], self.cell.hidden_size)
+        outputs = []
+        for x_t in x:
+            h_new, c_new = self.cell(x_t, (h, c))  # h_new = o * tanh(un-zoned c_new), as the paper
+            c = torch.where(torch.rand_like(c) < Z_CELL, c, c_new)
+            h = torch.where(torch.rand_like(h) < Z_HIDDEN, h, h_new)
+            outputs.append(h)
+        return torch.stack(outputs), None
+
+
+def make_rnn(row, input_size, hidden):
+    if row == "nn.LSTM":
+        return nn.LSTM(input_size, hidden)
+    if row == "LSTMCell loop":
+        return CellLoop(input_size, hidden)
+    return ZoneoutLSTM(input_size, hidden, zoneout_cell=Z_CELL, zoneout_hidden=Z_HIDDEN, impl=row)
+
+
+def make_step(row, shape, device, gen):
+    """A closure running one training step of `row` on `shape` = (name, T, B, H)."""
+    name, T, B, H = shape
+    torch.manual_seed(0)  # same weights for every row
+    if name == PMNIST:
+        x, classes = torch.rand(T, B, 1, device=device, generator=gen), 10
+        y = torch.randint(0, classes, (B,), device=device, generator=gen)
+    else:
+        tokens = torch.randint(0, VOCAB, (T + 1, B), device=device, generator=gen)
+        x, y, classes = F.one_hot(tokens[:-1], VOCAB).float(), tokens[1:], VOCAB
+    rnn, head = make_rnn(row, x.shape[-1], H).to(device), nn.Linear(H, classes).to(device)
+    opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3)
+
+    def step():
+        out, _ = rnn(x)
+        logits = head(out[-1]) if name == PMNIST else head(out).flatten(0, 1)
+        loss = F.cross_entropy(logits, y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def model_flops(shape):
+    """Matmul FLOPs of a step (forward x 3), the usual MFU convention."""
+    name, T, B, H = shape
+    inp, classes = (1, 10) if name == PMNIST else (VOCAB, VOCAB)
+    head = 2 * B * H * classes * (1 if name == PMNIST else T)
+    return 3 * (2 * T * B * 4 * H * (inp + H) + head)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_bytes(step, device):
+    """GPU: torch.cuda.max_memory_allocated over the step (minus what was live before).
+    CPU: peak of live tensor bytes from torch.profiler memory events, at op granularity."""
+    if device.type == "cuda":
+        sync(device)
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        sync(device)
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+    fused.release_workspaces()  # so the fused backward's (reused) dgates buffer is counted too
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events())
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+def matmul_peak(device, dtype=torch.float32):
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(4):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def time_rows(steps, device, reps):
+    """Interleaved timings: each round runs every row once, rotating the order."""
+    names = list(steps)
+    for name in names:  # warm-up: first-call costs (C++ build, Triton compile, allocator) stay out
+        steps[name]()
+    times = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            steps[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def gemm_split(step):
+    """Share of a step's time in GEMMs vs other ATen ops vs the rest (fused pointwise, Python)."""
+    from torch.profiler import ProfilerActivity, profile
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    total = (time.perf_counter() - start) * 1e6
+    gemm = other = 0.0
+    for e in prof.key_averages():
+        if e.key in ("aten::mm", "aten::addmm", "aten::addmm_"):
+            gemm += e.self_cpu_time_total
+        elif e.key.startswith("aten::"):
+            other += e.self_cpu_time_total
+    return gemm / total, other / total, max(0.0, 1 - (gemm + other) / total)
+
+
+def shapes_for(args):
+    lm = [("LM", 100, b, h) for b in (32, 128) for h in (256, 1000)]
+    if args.quick:
+        return [("LM", 100, 32, 256), (PMNIST, 196, 100, 100)]
+    return lm + [(PMNIST, 784, 100, 100)]
+
+
+def describe(device):
+    lines = [f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}"]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
+        lines.append(f"- git commit: {commit}{' (+ uncommitted changes)' if dirty else ''}")
+    except OSError:
+        pass
+    if device.type == "cuda":
+        lines.append(f"- device: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
+    else:
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), platform.processor())
+        lines.append(f"- device: CPU {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+                     f"ISA {torch.backends.cpu.get_cpu_capability()}")
+    lines.append(f"- torch {torch.__version__}, python {platform.python_version()}")
+    return lines
+
+
+def fmt_rate(shape, seconds):
+    name, T, B, _ = shape
+    return f"{1 / seconds:.2f} steps/s" if name == PMNIST else f"{T * B / seconds:,.0f} chars/s"
+
+
+def run_table(args, device, rows, configure=None):
+    peak = matmul_peak(device, torch.bfloat16 if args.bf16 else torch.float32)
+    gen = torch.Generator(device=device).manual_seed(0)
+    table, ratios, splits = [], {}, {}
+    for shape in shapes_for(args):
+        steps = {row: make_step(row if configure is None else "fused", shape, device, gen) for row in rows}
+        if configure is not None:  # the rows are kernel options of the fused layer
+            steps = {row: configure(row, steps[row]) for row in rows}
+            steps = {"nn.LSTM": make_step("nn.LSTM", shape, device, gen), **steps}
+        medians = time_rows(steps, device, args.reps or (2 if args.quick else 5))
+        label = f"{shape[0]} T={shape[1]} B={shape[2]} H={shape[3]}"
+        for row, seconds in medians.items():
+            ratio = medians["nn.LSTM"] / seconds
+            ratios[(shape, row)] = ratio
+            mfu = model_flops(shape) / seconds
+            memory = peak_bytes(steps[row], device) / 2 ** 20
+            table.append(f"| {label} | {row} | {fmt_rate(shape, seconds)} | {seconds * 1e3:,.0f} ms | {ratio:.2f}x | "
+                         f"{memory:,.0f} MiB | {mfu / 1e9:,.1f} GFLOP/s ({100 * mfu / peak:.0f}%) |")
+            print(table[-1], flush=True)
+        if "fused" in steps and device.type == "cpu" and configure is None:
+            splits[label] = {"fused": gemm_split(steps["fused"])}
+    return table, ratios, splits, peak
+
+
+def targets(ratios):
+    lines = []
+    for (shape, row), ratio in sorted(ratios.items(), key=lambda kv: (kv[0][0][2], kv[0][0][3])):
+        if row != "fused" or shape[0] != "LM":
+            continue
+        goal = 1.0 if shape[3] >= 1000 else 0.9
+        mark = "met" if ratio >= goal else "missed"
+        lines.append(f"- fused >= {goal:.1f}x nn.LSTM at B={shape[2]} H={shape[3]}: {ratio:.2f}x ({mark})")
+    for (shape, row), ratio in ratios.items():
+        if row == "fused" and (shape, "LSTMCell loop") in ratios:
+            speedup = ratio / ratios[(shape, "LSTMCell loop")]
+            lines.append(f"- fused vs naive LSTMCell loop at {shape[0]} B={shape[2]} H={shape[3]}: {speedup:.1f}x "
+                         f"({'met' if speedup >= 2 else 'missed'}; target >= 2x)")
+    return lines
+
+
+def ptb_epoch(args, device):
+    """Wall time of one char-PTB epoch at the paper's settings with the fused layer (synthetic
+    characters: the time does not depend on which characters they are)."""
+    T, B, H = 100, 32, 1000
+    steps = PTB_CHAR_TRAIN_CHARS // (T * B)
+    step = make_step("fused", ("LM", T, B, H), device, torch.Generator(device=device).manual_seed(0))
+    step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    return f"- char-PTB epoch (fused, B={B}, T={T}, H={H}, Adam, {steps} steps): {seconds:.1f} s"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="two small shapes, 2 reps: a smoke check")
+    parser.add_argument("--reps", type=int, default=0, help="timed repetitions per row (default 5, quick 2)")
+    parser.add_argument("--out", default=None, help="markdown output (default results/bench_<device>.md)")
+    parser.add_argument("--cpu-options", action="store_true", help="compare the fused CPU kernel options")
+    parser.add_argument("--ptb-epoch", action="store_true", help="also time a char-PTB epoch (GPU)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--tf32", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bf16 recurrent GEMMs in the fused layer (GPU)")
+    parser.add_argument("--cuda-graphs", action="store_true")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="do not flush denormals (CPU: pMNIST's vanishing gradients then run ~7x slower, all rows)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flush = not args.keep_denormals and torch.set_flush_denormal(True)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    fused.options.update(cuda_graphs=args.cuda_graphs, gemm_dtype=torch.bfloat16 if args.bf16 else None)
+    load_before = os.getloadavg()
+    header = ["# Training-step benchmark: zoneout LSTM implementations", ""] + describe(device)
+    if device.type == "cpu":
+        module = cpu_ext.load()
+        header.append(f"- fused CPU kernels: {'C++ extension' if module else 'PyTorch ops: ' + str(cpu_ext.error())}"
+                      f" (first load in this process {cpu_ext.load_seconds() or 0:.1f} s; a cold build is ~60 s)")
+    header.append(f"- options: tf32={args.tf32} bf16={args.bf16} cuda_graphs={args.cuda_graphs} "
+                  f"flush_denormal={bool(flush)} z_c={Z_CELL} z_h={Z_HIDDEN}")
+
+    if args.cpu_options:
+        def configure(option, step):
+            def run():
+                fused.options["cpu_kernels"] = option
+                try:
+                    step()
+                finally:
+                    fused.options["cpu_kernels"] = "auto"
+            return run
+        table, ratios, splits, peak = run_table(args, device, ("cpp", "torch", "script", "compile"), configure)
+    else:
+        table, ratios, splits, peak = run_table(args, device, ROWS)
+    load_after = os.getloadavg()
+    lines = header + [f"- load average (1/5/15 min): before {load_before[0]:.2f}/{load_before[1]:.2f}/"
+                      f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}",
+                      f"- matmul peak measured here: {peak / 1e9:,.0f} GFLOP/s", "",
+                      "| shape | row | throughput | step | vs nn.LSTM | peak memory | achieved (MFU) |",
+                      "|---|---|---|---|---|---|---|", *table, ""]
+    lines += ["Peak memory: " + ("torch.cuda.max_memory_allocated over one step." if device.type == "cuda" else
+              "peak of live tensor bytes during one step from torch.profiler memory events (op granularity)."),
+              "MFU: matmul FLOPs of the step (3 x forward) / step time, vs the measured matmul peak.", ""]
+    if not args.cpu_options:
+        lines += ["## Targets", "", *targets(ratios), ""]
+    if splits:
+        lines += ["## Where a step's time goes (CPU profile of one step)", "",
+                  "| shape | row | GEMM | other ATen ops | rest (fused pointwise, Python) |", "|---|---|---|---|---|"]
+        lines += [f"| {label} | {row} | {g:.0%} | {o:.0%} | {r:.0%} |"
+                  for label, rows in splits.items() for row, (g, o, r) in rows.items()] + [""]
+    if args.ptb_epoch:
+        lines += ["## Char-PTB epoch", "", ptb_epoch(args, device) if device.type == "cuda" else
+                  "- not run: needs --device cuda", ""]
+    out = args.out or (None if args.cpu_options else f"results/bench_{device.type}.md")
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

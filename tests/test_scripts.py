@@ -1,0 +1,197 @@
+"""make_table / compare / replicate on synthetic run folders, and gradient_flow.py on a tiny real pMNIST run."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import compare  # noqa: E402
+import gradient_flow  # noqa: E402
+import make_table  # noqa: E402
+import replicate  # noqa: E402
+
+ZONEOUT_VALID, ZONEOUT_TEST, ZONEOUT_EPOCHS = [1.50, 1.52, 1.55], [1.40, 1.43, 1.41], [3, 2, 3]
+
+
+def write_run(root: Path, name: str, seed: int, valid: float, test: float, epochs: int = 2,
+              scale: str = "quick", status: str = "finished", metric: str = "bpc") -> Path:
+    run_dir = root / scale / name / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    curve = [valid + 0.1 * (epochs - e) for e in range(1, epochs + 1)]  # ends at the best value
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, f"valid_{metric}": v}) + "\n"
+                                                   for e, v in enumerate(curve, start=1)))
+    summary = {"name": name, "dataset": name.split("/")[0], "metric": metric, "scale": scale, "seed": seed,
+               "status": status, "best_valid": valid, "test": test, "epochs_run": epochs, "device": "cpu (test)",
+               "commit": "abc1234"}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    monkeypatch.setenv("ZONEOUT_RUNS_DIR", str(root))
+    dirs = [write_run(root, "ptb_char/zoneout", seed, v, t, e)
+            for seed, v, t, e in zip(range(3), ZONEOUT_VALID, ZONEOUT_TEST, ZONEOUT_EPOCHS)]
+    dirs.append(write_run(root, "ptb_char/recurrent_batchnorm", 0, 1.45, 1.38))       # a cited row we ran
+    dirs.append(write_run(root, "ptb_char/unregularized", 0, 1.6, 1.5, status="running"))  # unfinished: "not run"
+    dirs.append(write_run(root, "ptb_char/zoneout", 7, 9.0, 9.0, scale="paper"))      # another scale: ignored
+    return root, dirs
+
+
+def table_line(markdown: str, label: str) -> list[str]:
+    line = next(l for l in markdown.splitlines() if l.startswith(f"| {label} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_make_table_means_paper_delta_and_row_kinds(runs, tmp_path):
+    spec = make_table.load_table_spec("table1_ptb_char")
+    rows = make_table.build_table(spec, "quick", out_dir=tmp_path / "out")
+    markdown = (tmp_path / "out" / "table1_ptb_char.md").read_text()
+    assert "QUICK SCALE" in markdown and spec["quick_scale"] in markdown
+    cells = table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05)")
+    valid_mean, valid_std = statistics.mean(ZONEOUT_VALID), statistics.stdev(ZONEOUT_VALID)
+    test_mean, test_std = statistics.mean(ZONEOUT_TEST), statistics.stdev(ZONEOUT_TEST)
+    assert cells[1:6] == [f"{valid_mean:.3f} ± {valid_std:.3f}", f"{test_mean:.3f} ± {test_std:.3f}", "1.362", "1.27",
+                          f"{test_mean - 1.27:+.3f}"]
+    assert cells[6:9] == ["3/2/3", "0 1 2", "cpu (test)"]
+    assert table_line(markdown, "Unregularized LSTM")[1:5] == ["not run", "not run", "1.466", "1.356"]
+    cited_run = table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")
+    assert cited_run[1:6] == ["1.450", "1.380", "–", "1.32", "+0.060"]  # cited but run: our numbers are shown
+    assert table_line(markdown, "HyperLSTM + LayerNorm (Ha et al., 2016) (cited)")[1:5] == ["–", "–", "1.281", "1.25"]
+    parsed = list(csv.DictReader(io.StringIO((tmp_path / "out" / "table1_ptb_char.csv").read_text())))
+    assert len(parsed) == len(spec["rows"]) == len(rows)
+    zoneout = next(r for r in parsed if r["experiment"] == "ptb_char/zoneout")
+    assert float(zoneout["valid_mean"]) == pytest.approx(valid_mean) and float(zoneout["test_std"]) == pytest.approx(test_std)
+    assert zoneout["n_seeds"] == "3" and float(zoneout["paper_test"]) == 1.27
+    assert (tmp_path / "out" / "table1_ptb_char.png").stat().st_size > 0
+
+
+def test_paper_scale_label(runs, tmp_path):
+    make_table.build_table(make_table.load_table_spec("table1_ptb_char"), "paper", out_dir=tmp_path / "paper")
+    markdown = (tmp_path / "paper" / "table1_ptb_char.md").read_text()
+    assert "Paper scale." in markdown and "QUICK SCALE" not in markdown
+    assert table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05)")[1:3] == ["9.000", "9.000"]  # one seed: no ±
+
+
+def test_replicate_runs_rows_with_an_experiment_only(runs, monkeypatch):
+    commands = []
+    monkeypatch.setattr(replicate.subprocess, "run", lambda command, cwd: commands.append(command) or
+                        type("Done", (), {"returncode": 0})())
+    monkeypatch.setattr(replicate, "build_table", lambda *args, **kwargs: [])
+    monkeypatch.setattr(sys, "argv", ["replicate.py", "table1_ptb_char", "--scale", "quick", "--seeds", "0", "1"])
+    assert replicate.main() == 0
+    launched = [(c[3], c[4]) for c in commands]
+    spec = make_table.load_table_spec("table1_ptb_char")
+    expected = [(f"experiment={r['experiment']}", f"seed={s}") for r in spec["rows"] if r["experiment"] for s in (0, 1)]
+    for finished in [("ptb_char/zoneout", 0), ("ptb_char/zoneout", 1), ("ptb_char/recurrent_batchnorm", 0)]:
+        expected.remove((f"experiment={finished[0]}", f"seed={finished[1]}"))  # finished already: skipped
+    # Cited rows that have an experiment run too; rows without one (HyperLSTM, HM-LSTM) do not.
+    assert launched == expected and ("experiment=ptb_char/recurrent_batchnorm", "seed=1") in launched
+
+
+def test_compare_groups_seeds_and_finds_paper_rows(runs, tmp_path, capsys):
+    _, dirs = runs
+    assert compare.main([str(d) for d in dirs[:4]] + ["--out", str(tmp_path / "cmp" / "zoneout_vs_bn.md")]) == 0
+    markdown = capsys.readouterr().out
+    assert "QUICK SCALE" in markdown and "1x128 LSTM" in markdown
+    cells = table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05)")
+    assert cells[1] == f"{statistics.mean(ZONEOUT_VALID):.3f} ± {statistics.stdev(ZONEOUT_VALID):.3f}"
+    assert cells[3:5] == ["1.362", "1.27"] and cells[7] == "0 1 2"
+    assert table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")[1:3] == ["1.450", "1.380"]
+    assert (tmp_path / "cmp" / "zoneout_vs_bn.md").read_text() + "\n" == markdown
+    parsed = list(csv.DictReader(io.StringIO((tmp_path / "cmp" / "zoneout_vs_bn.csv").read_text())))
+    assert [r["experiment"] for r in parsed] == ["ptb_char/zoneout", "ptb_char/recurrent_batchnorm"]
+    assert (tmp_path / "cmp" / "zoneout_vs_bn.png").is_file()
+
+
+def test_compare_unknown_row_keeps_its_name(tmp_path, capsys):
+    run = write_run(tmp_path, "smoke/ptb_char_zoneout", 0, 2.0, 2.1, scale="paper")
+    assert compare.main([str(run)]) == 0
+    assert table_line(capsys.readouterr().out, "smoke/ptb_char_zoneout")[1:5] == ["2.000", "2.100", "–", "–"]
+
+
+@pytest.mark.parametrize("case", ["missing", "unfinished", "no_metrics", "mixed_scale"])
+def test_compare_bad_folders_fail_in_one_line(runs, tmp_path, capsys, case):
+    root, dirs = runs
+    if case == "missing":
+        args = [str(dirs[0]), str(tmp_path / "nope")]
+    elif case == "unfinished":
+        args = [str(dirs[4])]
+    elif case == "no_metrics":
+        (dirs[1] / "metrics.jsonl").unlink()
+        args = [str(dirs[1])]
+    else:
+        args = [str(dirs[0]), str(dirs[5])]
+    assert compare.main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------- gradient flow
+PIXELS, STEPS = 40, 3
+
+
+@pytest.fixture(scope="module")
+def gradient_flow_report(shared_data, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("gradient_flow")
+    data_dir = tmp_path_factory.mktemp("mnist_data")
+    status = gradient_flow.main(["--scale", "quick", "--hidden", "8", "--steps", str(STEPS), "--pixels", str(PIXELS),
+                                 "--valid-batch", "32", "--device", "cpu", "--data-dir", str(data_dir),
+                                 "--mirror", str(shared_data), "--out-dir", str(out_dir)])
+    assert status == 0
+    return json.loads((out_dir / "gradient_flow.json").read_text()), out_dir
+
+
+def test_gradient_flow_normalised_per_model(gradient_flow_report):
+    report, out_dir = gradient_flow_report
+    assert set(report["models"]) == {"unregularized", "zoneout", "cell_dropout"}
+    assert report["scale"] == "quick" and report["hidden_size"] == 8 and report["pixels"] == PIXELS
+    assert report["steps"] == {name: STEPS for name in report["models"]} and report["seed"] == 0
+    assert report["device"].startswith("cpu") and report["commit"]
+    for name, result in report["models"].items():
+        raw, normalized = torch.tensor(result["grad_norm"]), torch.tensor(result["normalized_grad_norm"])
+        assert len(normalized) == PIXELS and (normalized >= 0).all()
+        assert normalized.sum().item() == pytest.approx(1.0, abs=1e-6)
+        assert torch.allclose(normalized, raw / raw.sum(), atol=1e-9)
+    assert report["models"]["zoneout"]["zoneout_cell"] == 0.5 and report["models"]["cell_dropout"]["cell_dropout"] == 0.5
+    # The paper's point (Figure 6): through zoneout the gradient reaches the first steps; through a dropped cell it vanishes.
+    first = {name: r["normalized_grad_norm"][0] for name, r in report["models"].items()}
+    assert first["zoneout"] > 100 * first["cell_dropout"]
+    assert (out_dir / "gradient_flow.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_unrolled_loop_is_the_models_forward(training):
+    """The per-step loop the gradients are taken in computes what the trained model computes."""
+    from omegaconf import OmegaConf
+
+    from zoneout.models.build import build_model
+
+    model_cfg = OmegaConf.create({"cell": "lstm", "hidden_size": 6, "num_layers": 1, "input": "onehot", "embedding_size": None,
+                                  "nonlinearity": "tanh", "init": "orthogonal", "init_range": 0.04, "forget_bias": 1.0,
+                                  "impl": "auto"})
+    reg = OmegaConf.load(ROOT / "configs" / "regularizer" / "none.yaml")
+    reg.zoneout_cell, reg.zoneout_hidden = 0.5, 0.2
+    torch.manual_seed(0)
+    model = build_model(model_cfg, reg, None, 10, 12).train(training)
+    pixels = torch.rand(4, 12)
+    torch.manual_seed(1)
+    expected = model(pixels)[0]
+    torch.manual_seed(1)  # the same zoneout masks
+    logits, candidates = gradient_flow.unrolled_forward(model, pixels, retain_cells=True)
+    assert torch.allclose(logits, expected, atol=1e-5) and len(candidates) == 12
+
+
+def test_gradient_flow_bad_arguments_fail_in_one_line(capsys):
+    assert gradient_flow.main(["--pixels", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error == "error: --pixels=0: must be between 1 and 784\n"
