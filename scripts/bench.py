@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -120,19 +122,13 @@ def peak_bytes(step, device):
 
 
 def matmul_peak(device, dtype=torch.float32):
+    """Best of 8 square matmuls (on a loaded machine the best is the least disturbed)."""
     n = 2048 if device.type == "cpu" else 8192
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(4):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+    return 2 * n ** 3 / min(time_rows({"mm": lambda: a @ b}, device, 8, statistic=min).values())
 
 
-def time_rows(steps, device, reps):
+def time_rows(steps, device, reps, statistic=statistics.median):
     """Interleaved timings: each round runs every row once, rotating the order."""
     names = list(steps)
     for name in names:  # warm-up: first-call costs (C++ build, Triton compile, allocator) stay out
@@ -145,7 +141,7 @@ def time_rows(steps, device, reps):
             steps[name]()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: statistic(values) for name, values in times.items()}
 
 
 def gemm_split(step):
@@ -165,20 +161,22 @@ def gemm_split(step):
 
 
 def shapes_for(args):
-    lm = [("LM", 100, b, h) for b in (32, 128) for h in (256, 1000)]
+    if args.worker:
+        name, *sizes = args.worker.split(",")
+        return [(name, *map(int, sizes))]
     if args.quick:
         return [("LM", 100, 32, 256), (PMNIST, 196, 100, 100)]
-    return lm + [(PMNIST, 784, 100, 100)]
+    shapes = [("LM", 100, b, h) for b in (32, 128) for h in (256, 1000)] + [(PMNIST, 784, 100, 100)]
+    wanted = args.shapes.split(",") if args.shapes else None  # e.g. "B32H256,pMNIST"
+    return [s for s in shapes if wanted is None or (s[0] == PMNIST and PMNIST in wanted)
+            or f"B{s[2]}H{s[3]}" in wanted]
 
 
 def describe(device):
     lines = [f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}"]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
-        lines.append(f"- git commit: {commit}{' (+ uncommitted changes)' if dirty else ''}")
-    except OSError:
-        pass
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    lines.append(f"- git commit: {git('rev-parse', '--short', 'HEAD')}"
+                 f"{' (+ uncommitted changes)' if git('status', '--porcelain') else ''}")
     if device.type == "cuda":
         lines.append(f"- device: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
     else:
@@ -190,32 +188,61 @@ def describe(device):
     return lines
 
 
-def fmt_rate(shape, seconds):
-    name, T, B, _ = shape
-    return f"{1 / seconds:.2f} steps/s" if name == PMNIST else f"{T * B / seconds:,.0f} chars/s"
+def option_step(option, step):
+    """--cpu-options: a fused step run with options["cpu_kernels"] = option."""
+    def run():
+        fused.options["cpu_kernels"] = option
+        step()
+        fused.options["cpu_kernels"] = "auto"
+    return run
 
 
-def run_table(args, device, rows, configure=None):
-    peak = matmul_peak(device, torch.bfloat16 if args.bf16 else torch.float32)
+def run_shape(args, device, rows, shape, peak):
+    """Time, memory and profile of every row at one shape: (table lines, [(row, ratio)], split)."""
     gen = torch.Generator(device=device).manual_seed(0)
+    if args.cpu_options:  # the rows are kernel options of the fused layer
+        steps = {"nn.LSTM": make_step("nn.LSTM", shape, device, gen),
+                 **{row: option_step(row, make_step("fused", shape, device, gen)) for row in rows}}
+    else:
+        steps = {row: make_step(row, shape, device, gen) for row in rows}
+    medians = time_rows(steps, device, args.reps or (2 if args.quick else 5))
+    label = f"{shape[0]} T={shape[1]} B={shape[2]} H={shape[3]}"
+    table, ratios = [], []
+    for row, seconds in medians.items():
+        ratio = medians["nn.LSTM"] / seconds
+        ratios.append((row, ratio))
+        mfu = model_flops(shape) / seconds
+        memory = peak_bytes(steps[row], device) / 2 ** 20
+        rate = f"{1 / seconds:.2f} steps/s" if shape[0] == PMNIST else f"{shape[1] * shape[2] / seconds:,.0f} chars/s"
+        table.append(f"| {label} | {row} | {rate} | {seconds * 1e3:,.0f} ms | {ratio:.2f}x | "
+                     f"{memory:,.0f} MiB | {mfu / 1e9:,.1f} GFLOP/s ({100 * mfu / peak:.0f}%) |")
+    split = gemm_split(steps["fused"]) if "fused" in steps and device.type == "cpu" else None
+    return table, ratios, split
+
+
+def run_table(args, device, rows):
+    """Each shape in a fresh worker process (unless --in-process): a long run's allocator and
+    cache state otherwise leaks into later shapes (seen: the reference row 60x slower at pMNIST
+    after the H=1000 shapes than in a fresh process)."""
+    peak = args.peak or matmul_peak(device, torch.bfloat16 if args.bf16 else torch.float32)
     table, ratios, splits = [], {}, {}
     for shape in shapes_for(args):
-        steps = {row: make_step(row if configure is None else "fused", shape, device, gen) for row in rows}
-        if configure is not None:  # the rows are kernel options of the fused layer
-            steps = {row: configure(row, steps[row]) for row in rows}
-            steps = {"nn.LSTM": make_step("nn.LSTM", shape, device, gen), **steps}
-        medians = time_rows(steps, device, args.reps or (2 if args.quick else 5))
-        label = f"{shape[0]} T={shape[1]} B={shape[2]} H={shape[3]}"
-        for row, seconds in medians.items():
-            ratio = medians["nn.LSTM"] / seconds
-            ratios[(shape, row)] = ratio
-            mfu = model_flops(shape) / seconds
-            memory = peak_bytes(steps[row], device) / 2 ** 20
-            table.append(f"| {label} | {row} | {fmt_rate(shape, seconds)} | {seconds * 1e3:,.0f} ms | {ratio:.2f}x | "
-                         f"{memory:,.0f} MiB | {mfu / 1e9:,.1f} GFLOP/s ({100 * mfu / peak:.0f}%) |")
-            print(table[-1], flush=True)
-        if "fused" in steps and device.type == "cpu" and configure is None:
-            splits[label] = {"fused": gemm_split(steps["fused"])}
+        if args.in_process or args.worker:
+            lines, shape_ratios, split = run_shape(args, device, rows, shape, peak)
+        else:
+            command = [sys.executable, __file__, *sys.argv[1:], "--worker", ",".join(map(str, shape)),
+                       "--peak", str(peak)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            result = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+            if done.returncode != 0 or not result:
+                raise RuntimeError(f"worker for {shape} failed:\n{done.stderr[-3000:]}")
+            lines, shape_ratios, split = json.loads(result[-1][len("RESULT "):])
+        for line in lines:
+            print(line, flush=True)
+        table += lines
+        ratios.update({(tuple(shape), row): ratio for row, ratio in shape_ratios})
+        if split:
+            splits[f"{shape[0]} T={shape[1]} B={shape[2]} H={shape[3]}"] = {"fused": split}
     return table, ratios, splits, peak
 
 
@@ -251,70 +278,79 @@ def ptb_epoch(args, device):
     return f"- char-PTB epoch (fused, B={B}, T={T}, H={H}, Adam, {steps} steps): {seconds:.1f} s"
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--quick", action="store_true", help="two small shapes, 2 reps: a smoke check")
-    parser.add_argument("--reps", type=int, default=0, help="timed repetitions per row (default 5, quick 2)")
-    parser.add_argument("--out", default=None, help="markdown output (default results/bench_<device>.md)")
-    parser.add_argument("--cpu-options", action="store_true", help="compare the fused CPU kernel options")
-    parser.add_argument("--ptb-epoch", action="store_true", help="also time a char-PTB epoch (GPU)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--tf32", action="store_true")
-    parser.add_argument("--bf16", action="store_true", help="bf16 recurrent GEMMs in the fused layer (GPU)")
-    parser.add_argument("--cuda-graphs", action="store_true")
-    parser.add_argument("--keep-denormals", action="store_true",
-                        help="do not flush denormals (CPU: pMNIST's vanishing gradients then run ~7x slower, all rows)")
+    add = parser.add_argument
+    add("--device", default="cpu", choices=("cpu", "cuda"))
+    add("--quick", action="store_true", help="two small shapes, 2 reps: a smoke check")
+    add("--reps", type=int, default=0, help="timed repetitions per row (default 5, quick 2)")
+    add("--out", default=None, help="markdown output (default results/bench_<device>.md)")
+    add("--cpu-options", action="store_true", help="compare the fused CPU kernel options instead")
+    add("--ptb-epoch", action="store_true", help="also time a char-PTB epoch (GPU)")
+    add("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)} (with nn.LSTM)")
+    add("--shapes", default="", help="comma-separated subset, e.g. B32H256,B128H1000,pMNIST")
+    add("--in-process", action="store_true", help="run all shapes in this process (default: a worker each)")
+    add("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    add("--tf32", action="store_true")
+    add("--bf16", action="store_true", help="bf16 recurrent GEMMs in the fused layer (GPU)")
+    add("--cuda-graphs", action="store_true")
+    add("--keep-denormals", action="store_true", help="do not flush denormals (CPU pMNIST then ~7x slower, all rows)")
+    add("--worker", default="", help=argparse.SUPPRESS)
+    add("--peak", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.rows = ("cpp", "torch", "script", "compile") if args.cpu_options else (
+        tuple(args.rows.split(",")) if args.rows else ROWS)
+    if not args.cpu_options and ("nn.LSTM" not in args.rows or not set(args.rows) <= set(ROWS)):
+        parser.error(f"--rows must name rows from {ROWS} and include nn.LSTM (the ratio baseline)")
+    return args
+
+
+def report(args, device, header, table, ratios, splits, peak, load_before):
+    load = os.getloadavg()
+    lines = header + [f"- load average (1/5/15 min): before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+                      f"after {'/'.join(f'{x:.2f}' for x in load)}",
+                      f"- matmul peak measured here: {peak / 1e9:,.0f} GFLOP/s", "",
+                      "| shape | row | throughput | step | vs nn.LSTM | peak memory | achieved (MFU) |",
+                      "|---|---|---|---|---|---|---|", *table, "",
+                      "Peak memory: " + ("torch.cuda.max_memory_allocated over one step." if device.type == "cuda"
+                                         else "peak of live tensor bytes during one step from torch.profiler "
+                                              "memory events (op granularity)."),
+                      "MFU: matmul FLOPs of the step (3 x forward) / step time, vs the measured matmul peak.", ""]
+    if not args.cpu_options:
+        lines += ["## Targets", "", *targets(ratios), ""]
+    if splits:
+        lines += ["## Where the fused step's time goes (CPU profile of one step)", "",
+                  "| shape | GEMM | other ATen ops | rest (fused pointwise, Python) |", "|---|---|---|---|"]
+        lines += [f"| {label} | {g:.0%} | {o:.0%} | {r:.0%} |" for label, rows in splits.items()
+                  for (g, o, r) in rows.values()] + [""]
+    if args.ptb_epoch:
+        lines += ["## Char-PTB epoch", "", ptb_epoch(args, device) if device.type == "cuda" else
+                  "- not run: needs --device cuda", ""]
+    return "\n".join(lines)
+
+
+def main():
+    args = parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     flush = not args.keep_denormals and torch.set_flush_denormal(True)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     fused.options.update(cuda_graphs=args.cuda_graphs, gemm_dtype=torch.bfloat16 if args.bf16 else None)
+    if args.worker:  # one shape for the parent process, as a JSON line
+        print("RESULT " + json.dumps(run_shape(args, device, args.rows, shapes_for(args)[0], args.peak)))
+        return
     load_before = os.getloadavg()
     header = ["# Training-step benchmark: zoneout LSTM implementations", ""] + describe(device)
     if device.type == "cpu":
-        module = cpu_ext.load()
-        header.append(f"- fused CPU kernels: {'C++ extension' if module else 'PyTorch ops: ' + str(cpu_ext.error())}"
-                      f" (first load in this process {cpu_ext.load_seconds() or 0:.1f} s; a cold build is ~60 s)")
+        built = cpu_ext.load() is not None
+        header.append(f"- fused CPU kernels: {'C++ extension' if built else 'PyTorch ops: ' + str(cpu_ext.error())}"
+                      f" (load {cpu_ext.load_seconds() or 0:.1f} s in this process; a cold build ~40-60 s here)")
     header.append(f"- options: tf32={args.tf32} bf16={args.bf16} cuda_graphs={args.cuda_graphs} "
                   f"flush_denormal={bool(flush)} z_c={Z_CELL} z_h={Z_HIDDEN}")
-
-    if args.cpu_options:
-        def configure(option, step):
-            def run():
-                fused.options["cpu_kernels"] = option
-                try:
-                    step()
-                finally:
-                    fused.options["cpu_kernels"] = "auto"
-            return run
-        table, ratios, splits, peak = run_table(args, device, ("cpp", "torch", "script", "compile"), configure)
-    else:
-        table, ratios, splits, peak = run_table(args, device, ROWS)
-    load_after = os.getloadavg()
-    lines = header + [f"- load average (1/5/15 min): before {load_before[0]:.2f}/{load_before[1]:.2f}/"
-                      f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}",
-                      f"- matmul peak measured here: {peak / 1e9:,.0f} GFLOP/s", "",
-                      "| shape | row | throughput | step | vs nn.LSTM | peak memory | achieved (MFU) |",
-                      "|---|---|---|---|---|---|---|", *table, ""]
-    lines += ["Peak memory: " + ("torch.cuda.max_memory_allocated over one step." if device.type == "cuda" else
-              "peak of live tensor bytes during one step from torch.profiler memory events (op granularity)."),
-              "MFU: matmul FLOPs of the step (3 x forward) / step time, vs the measured matmul peak.", ""]
-    if not args.cpu_options:
-        lines += ["## Targets", "", *targets(ratios), ""]
-    if splits:
-        lines += ["## Where a step's time goes (CPU profile of one step)", "",
-                  "| shape | row | GEMM | other ATen ops | rest (fused pointwise, Python) |", "|---|---|---|---|---|"]
-        lines += [f"| {label} | {row} | {g:.0%} | {o:.0%} | {r:.0%} |"
-                  for label, rows in splits.items() for row, (g, o, r) in rows.items()] + [""]
-    if args.ptb_epoch:
-        lines += ["## Char-PTB epoch", "", ptb_epoch(args, device) if device.type == "cuda" else
-                  "- not run: needs --device cuda", ""]
-    out = args.out or (None if args.cpu_options else f"results/bench_{device.type}.md")
-    text = "\n".join(lines)
+    text = report(args, device, header, *run_table(args, device, args.rows), load_before)
     print(text)
+    out = args.out or (None if args.cpu_options else f"results/bench_{device.type}.md")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)

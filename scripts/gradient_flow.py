@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_table import save_figure  # noqa: E402
 from zoneout.checkpoint import atomic_write_text  # noqa: E402
 from zoneout.nn.lstm import LSTM  # noqa: E402
 from zoneout.nn.noise import RecurrentNoise, bernoulli_mask, keep_or_update  # noqa: E402
@@ -138,11 +139,7 @@ def plot(results: dict, title: str, path: Path) -> None:
     axis.set_ylabel("|dL/dc_t|, normalised over t")
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, path)
+    save_figure(figure, path)
 
 
 def check_args(args) -> None:

@@ -141,6 +141,13 @@ def plot_curves(spec: dict, scale: str, curves: list, path: Path) -> None:
     axis.set_ylabel(f"validation {spec['metric']}")
     axis.set_title(f"{spec['title']} — {scale} scale", fontsize=9)
     axis.legend(fontsize=7)
+    save_figure(figure, path)
+
+
+def save_figure(figure, path: Path) -> None:
+    """Write a PNG atomically (a killed run never leaves half a picture) and free the figure."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     figure.savefig(tmp, dpi=110)
