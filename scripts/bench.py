@@ -144,20 +144,22 @@ def time_rows(steps, device, reps, statistic=statistics.median):
     return {name: statistic(values) for name, values in times.items()}
 
 
-def gemm_split(step):
-    """Share of a step's time in GEMMs vs other ATen ops vs the rest (fused pointwise, Python)."""
+def time_split(step):
+    """Shares of a fused step's wall time (CPU profile): GEMMs, zoneout mask sampling, the fused
+    pointwise code (self time of the Function's forward and backward), and the rest."""
     from torch.profiler import ProfilerActivity, profile
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     total = (time.perf_counter() - start) * 1e6
-    gemm = other = 0.0
-    for e in prof.key_averages():
-        if e.key in ("aten::mm", "aten::addmm", "aten::addmm_"):
-            gemm += e.self_cpu_time_total
-        elif e.key.startswith("aten::"):
-            other += e.self_cpu_time_total
-    return gemm / total, other / total, max(0.0, 1 - (gemm + other) / total)
+    shares = dict.fromkeys(("gemm", "masks", "pointwise"), 0.0)
+    for e in prof.key_averages():  # mkl::_mkl_linear: the forward's packed-weight recurrent GEMM
+        kind = ("gemm" if e.key in ("aten::mm", "aten::addmm", "aten::addmm_", "mkl::_mkl_linear") else
+                "masks" if e.key in ("aten::uniform_", "aten::lt") else
+                "pointwise" if e.key in ("FusedLSTMFunction", "FusedLSTMFunctionBackward") else None)
+        if kind:
+            shares[kind] += e.self_cpu_time_total / total
+    return [*shares.values(), max(0.0, 1 - sum(shares.values()))]
 
 
 def shapes_for(args):
@@ -216,7 +218,7 @@ def run_shape(args, device, rows, shape, peak):
         rate = f"{1 / seconds:.2f} steps/s" if shape[0] == PMNIST else f"{shape[1] * shape[2] / seconds:,.0f} chars/s"
         table.append(f"| {label} | {row} | {rate} | {seconds * 1e3:,.0f} ms | {ratio:.2f}x | "
                      f"{memory:,.0f} MiB | {mfu / 1e9:,.1f} GFLOP/s ({100 * mfu / peak:.0f}%) |")
-    split = gemm_split(steps["fused"]) if "fused" in steps and device.type == "cpu" else None
+    split = time_split(steps["fused"]) if "fused" in steps and device.type == "cpu" else None
     return table, ratios, split
 
 
@@ -320,9 +322,10 @@ def report(args, device, header, table, ratios, splits, peak, load_before):
         lines += ["## Targets", "", *targets(ratios), ""]
     if splits:
         lines += ["## Where the fused step's time goes (CPU profile of one step)", "",
-                  "| shape | GEMM | other ATen ops | rest (fused pointwise, Python) |", "|---|---|---|---|"]
-        lines += [f"| {label} | {g:.0%} | {o:.0%} | {r:.0%} |" for label, rows in splits.items()
-                  for (g, o, r) in rows.values()] + [""]
+                  "| shape | GEMMs | mask sampling (rand < z) | fused pointwise | rest (head, Adam, Python) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {label} | " + " | ".join(f"{x:.0%}" for x in shares) + " |"
+                  for label, rows in splits.items() for shares in rows.values()] + [""]
     if args.ptb_epoch:
         lines += ["## Char-PTB epoch", "", ptb_epoch(args, device) if device.type == "cuda" else
                   "- not run: needs --device cuda", ""]

@@ -250,3 +250,21 @@ def test_double_backward_raises_instead_of_returning_wrong_values(kernels):
     (grad_weight,) = torch.autograd.grad(output.sum(), args[4], create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(grad_weight.sum(), args[4])
+
+
+def test_misshapen_arguments_get_the_reference_error_not_a_kernel_crash():
+    x, h0, c0, *weights = make_args()
+    with pytest.raises(RuntimeError):
+        fused.lstm_layer(x, h0[:, :-1], c0, *weights, RecurrentNoise())
+    with pytest.raises(RuntimeError):
+        fused.lstm_layer(x, h0, c0, weights[0][:, :-1], *weights[1:], RecurrentNoise())
+
+
+def test_float32_at_h256_takes_the_packed_gemm_path_and_matches_reference(kernels):
+    """H >= 256 in float32 switches the C++ forward to MKL's packed-weight GEMM (where MKL has it)."""
+    gen = torch.Generator().manual_seed(5)
+    t, b, i, h = 4, 3, 3, 256
+    make = lambda *s: (torch.randn(*s, generator=gen) * 0.1).requires_grad_()  # noqa: E731
+    args = [make(t, b, i), make(b, h), make(b, h), make(4 * h, i), make(4 * h, h), make(4 * h), make(4 * h)]
+    noise = RecurrentNoise(bools((t, b, h), 0.5, 1), bools((t, b, h), 0.05, 2), bools((t, 1, h), 0.7, 3))
+    assert_matches_reference(args, noise, atol=1e-5, rtol=1e-4)

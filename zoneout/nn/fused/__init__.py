@@ -108,14 +108,25 @@ def kernels_for(device: torch.device):
     return torch_kernels
 
 
+def _shapes_fit(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh) -> bool:
+    """The layout the kernels index without further checks: (T,B,I), (B,H) x2, (4H,I), (4H,H), (4H,) x2."""
+    if input.dim() != 3 or weight_hh.dim() != 2 or (bias_ih is None) != (bias_hh is None):
+        return False
+    (T, B, I), H = input.shape, weight_hh.shape[1]
+    expected = [(h0, (B, H)), (c0, (B, H)), (weight_ih, (4 * H, I)), (weight_hh, (4 * H, H))]
+    expected += [(b, (4 * H,)) for b in (bias_ih, bias_hh) if b is not None]
+    return all(tuple(t.shape) == shape for t, shape in expected)
+
+
 def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
                bias_ih: Optional[Tensor], bias_hh: Optional[Tensor], noise: RecurrentNoise
                ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer over a sequence. input (T,B,I), h0/c0 (B,H) -> output (T,B,H), h_T, c_T."""
     tensors = [input, h0, c0, weight_ih, weight_hh] + [b for b in (bias_ih, bias_hh) if b is not None]
-    if (input.shape[0] == 0 or input.device.type not in ("cpu", "cuda") or (bias_ih is None) != (bias_hh is None)
-            or any(t.dtype != input.dtype or t.device != input.device for t in tensors)
-            or input.dtype not in _SUPPORTED_DTYPES):
+    if (not _shapes_fit(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh) or input.shape[0] == 0
+            or input.device.type not in ("cpu", "cuda") or input.dtype not in _SUPPORTED_DTYPES
+            or any(t.dtype != input.dtype or t.device != input.device for t in tensors)):
+        # the reference handles (or rejects with torch's own error) whatever the kernels do not read
         return reference.lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise)
     T, B, H = input.shape[0], input.shape[1], weight_hh.shape[1]
     try:

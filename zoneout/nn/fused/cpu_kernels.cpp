@@ -1,6 +1,6 @@
 // Fused zoneout LSTM recurrence for the CPU: the whole time loop runs here, so a step costs one
-// recurrent GEMM (at::addmm_, MKL/oneDNN) plus one pass of fused pointwise code per batch row --
-// no Python, no autograd nodes and no temporaries per step.
+// recurrent GEMM (MKL's packed-weight GEMM for float32, else at::addmm_) plus one pass of fused,
+// vectorized pointwise code per batch row -- no Python and no autograd nodes per step.
 //
 // Equations and mask semantics: zoneout/nn/reference.py. Gate order i, f, g, o. A mask is either
 // absent, a scalar (eval expectation) or a bool tensor expanded to (T, B, H) whose last stride is
@@ -211,17 +211,18 @@ std::vector<Mask> masks_of(const std::vector<int64_t>& kinds, const std::vector<
           Mask(kinds[2], values[2], tensors[2])};
 }
 
-// The recurrent GEMM h_prev @ W_hh^T of one step. float32 with MKL: torch's mkl::_mkl_linear with the
-// weight packed once per sequence (measured ~10-30% faster than addmm at these shapes, as oneDNN's RNN
-// also keeps its weights packed); it returns a new (B, 4H) tensor that the pointwise pass adds.
-// Otherwise addmm_ accumulates into the gates in place and there is nothing to add.
+// The recurrent GEMM h_prev @ W_hh^T of one step. float32 with MKL and H >= 256: torch's
+// mkl::_mkl_linear with the weight packed once per sequence (measured 10-40% faster than addmm at
+// B in {32, 128}, H in {256, 1000}, as oneDNN's RNN also keeps its weights packed; no gain at H=100,
+// where the extra output buffer per step costs more); it returns a new (B, 4H) tensor that the
+// pointwise pass adds. Otherwise addmm_ accumulates into the gates in place: nothing to add.
 struct RecurrentGemm {
   Tensor weight, weight_t, packed;
   std::optional<c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&,
                                                 const std::optional<Tensor>&, int64_t)>> linear;
 
   RecurrentGemm(const Tensor& weight_hh, int64_t B) : weight(weight_hh) {
-    if (weight_hh.scalar_type() == at::kFloat) {
+    if (weight_hh.scalar_type() == at::kFloat && weight_hh.size(1) >= 256) {
       auto& dispatcher = c10::Dispatcher::singleton();
       auto reorder = dispatcher.findOp({"mkl::_mkl_reorder_linear_weight", ""});
       auto op = dispatcher.findOp({"mkl::_mkl_linear", ""});
