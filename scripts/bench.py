@@ -223,9 +223,8 @@ def run_shape(args, device, rows, shape, peak):
 
 
 def run_table(args, device, rows):
-    """Each shape in a fresh worker process (unless --in-process): a long run's allocator and
-    cache state otherwise leaks into later shapes (seen: the reference row 60x slower at pMNIST
-    after the H=1000 shapes than in a fresh process)."""
+    """Each shape in a fresh worker process (unless --in-process), so that no shape inherits the
+    allocator and cache state of the ones before it and the order of shapes cannot matter."""
     peak = args.peak or matmul_peak(device, torch.bfloat16 if args.bf16 else torch.float32)
     table, ratios, splits = [], {}, {}
     for shape in shapes_for(args):
