@@ -22,6 +22,18 @@ LAYER_IMPLEMENTATIONS: dict[str, Callable] = {"reference": reference.lstm_layer}
 IMPLS = ("auto", "reference", "fused")
 
 
+def to_time_major(input: Tensor, input_size: int, batch_first: bool) -> tuple[Tensor, bool]:
+    """nn.RNN-style input -> (T, B, I), and whether it came unbatched as (T, I)."""
+    unbatched = input.dim() == 2
+    if unbatched:
+        input = input.unsqueeze(1)
+    if input.dim() != 3 or input.shape[-1] != input_size:
+        raise ValueError(f"input must be (T, B, {input_size}) (or batch_first), got {tuple(input.shape)}")
+    if batch_first and not unbatched:
+        input = input.transpose(0, 1)
+    return input, unbatched
+
+
 def register_layer_impl(name: str, layer_fn: Callable) -> None:
     LAYER_IMPLEMENTATIONS[name] = layer_fn
 
@@ -98,13 +110,7 @@ class LSTM(nn.Module):
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Same contract as nn.LSTM.forward: input (T, B, I) or (B, T, I) with batch_first, or (T, I)."""
-        unbatched = input.dim() == 2
-        if unbatched:
-            input = input.unsqueeze(1)
-        if input.dim() != 3 or input.shape[-1] != self.input_size:
-            raise ValueError(f"input must be (T, B, {self.input_size}) (or batch_first), got {tuple(input.shape)}")
-        if self.batch_first and not unbatched:
-            input = input.transpose(0, 1)
+        input, unbatched = to_time_major(input, self.input_size, self.batch_first)
         seq_len, batch = input.shape[0], input.shape[1]
         if hx is None:
             zeros = input.new_zeros(self.num_layers, batch, self.hidden_size)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoneout.nn.lstm import to_time_major
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability, keep_or_update
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
@@ -109,14 +110,9 @@ class HiddenStateRecurrence(nn.Module):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Same contract as nn.RNN/nn.GRU.forward: input (T, B, I) ((B, T, I) with batch_first, or
         unbatched (T, I)), hx (num_layers, B, H) -> output (T, B, H), h_n (num_layers, B, H)."""
-        unbatched = input.dim() == 2
-        if unbatched:
-            input = input.unsqueeze(1)
-            hx = hx.unsqueeze(1) if hx is not None else None
-        if input.dim() != 3 or input.shape[-1] != self.input_size:
-            raise ValueError(f"input must be (T, B, {self.input_size}) (or batch_first), got {tuple(input.shape)}")
-        if self.batch_first and not unbatched:
-            input = input.transpose(0, 1)
+        input, unbatched = to_time_major(input, self.input_size, self.batch_first)
+        if unbatched and hx is not None:
+            hx = hx.unsqueeze(1)
         seq_len, batch = input.shape[0], input.shape[1]
         if hx is None:
             hx = input.new_zeros(self.num_layers, batch, self.hidden_size)
