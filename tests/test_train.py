@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from zoneout import checkpoint
 from zoneout.train import Diverged, train

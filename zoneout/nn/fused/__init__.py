@@ -112,7 +112,7 @@ def _shapes_fit(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh) -> bool:
     """The layout the kernels index without further checks: (T,B,I), (B,H) x2, (4H,I), (4H,H), (4H,) x2."""
     if input.dim() != 3 or weight_hh.dim() != 2 or (bias_ih is None) != (bias_hh is None):
         return False
-    (T, B, I), H = input.shape, weight_hh.shape[1]
+    (_, B, I), H = input.shape, weight_hh.shape[1]
     expected = [(h0, (B, H)), (c0, (B, H)), (weight_ih, (4 * H, I)), (weight_hh, (4 * H, H))]
     expected += [(b, (4 * H,)) for b in (bias_ih, bias_hh) if b is not None]
     return all(tuple(t.shape) == shape for t, shape in expected)

@@ -70,7 +70,7 @@ def forward(gates: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, noise: Com
 
 def backward(grad_output: Tensor, grad_h: Tensor, grad_c: Tensor, gates: Tensor, cells: Tensor,
              tanh_cells: Tensor, weight_hh: Tensor, noise: CompactNoise) -> list[Tensor]:
-    T, H = gates.shape[0], cells.shape[2]
+    T = gates.shape[0]
     dgates = torch.empty_like(gates)
     dh, dc = grad_h.clone(), grad_c.clone()
     for t in range(T - 1, -1, -1):
