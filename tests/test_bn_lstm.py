@@ -97,28 +97,45 @@ def test_training_uses_per_timestep_batch_statistics():
     assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_population_statistics_are_the_ema_of_batch_statistics():
-    model = make_model().train()
-    T, momentum = 4, 0.01
+@pytest.mark.parametrize("warmup, momentum, weights", [
+    (False, 0.01, [0.01] * 3),                # [R]: the EMA from (mean 0, var 1)
+    (True, 0.3, [1, 1 / 2, 1 / 3, 0.3, 0.3]),  # average of the first batches, then the EMA
+])
+def test_population_statistics_are_the_ema_of_batch_statistics(warmup, momentum, weights):
+    model = make_model(momentum=momentum, population_warmup=warmup).train()
+    T = 4
     population = {kind: [torch.zeros(T, F, dtype=torch.float64), torch.ones(T, F, dtype=torch.float64)]
                   for kind, F in (("ih", 4 * H), ("hh", 4 * H), ("c", H))}
-    for batch in range(3):
+    for batch, weight in enumerate(weights):
         x, h0, c0 = sequence(T, seed=10 + batch)
         model(x, (h0, c0))
         _, _, _, used = oracle(model, x, h0[0], c0[0])
         for kind, (mean, var) in population.items():
             for t, (batch_mean, batch_var) in enumerate(used[kind]):
-                mean[t] = momentum * batch_mean + (1 - momentum) * mean[t]
-                var[t] = momentum * batch_var + (1 - momentum) * var[t]
+                mean[t] = weight * batch_mean + (1 - weight) * mean[t]
+                var[t] = weight * batch_var + (1 - weight) * var[t]
     for kind, (mean, var) in population.items():
         bn = getattr(model, f"bn_{kind}_l0")
         torch.testing.assert_close(bn.running_mean[:T], mean.detach(), rtol=0, atol=1e-12)
         torch.testing.assert_close(bn.running_var[:T], var.detach(), rtol=0, atol=1e-12)
         assert torch.equal(bn.running_mean[T:], torch.zeros(10 - T, bn.num_features, dtype=torch.float64))
+        assert bn.updates.tolist() == [len(weights)] * T + [0] * (10 - T)
     model.eval()
     x, h0, c0 = sequence(T, seed=99)
     expected, _, _, _ = oracle(model, x, h0[0], c0[0], population=lambda t: t)
     torch.testing.assert_close(model(x, (h0, c0))[0], expected, rtol=0, atol=1e-12)
+
+
+def test_warmup_population_after_one_batch_is_that_batch_and_forgets_the_init():
+    """The quick-scale pMNIST failure: tiny batch variances against the init's variance 1."""
+    bn = StepwiseBatchNorm(3, max_length=2).double().train()
+    x = 1e-3 * torch.randn(2, 50, 3, dtype=torch.float64) + 5.0
+    bn(x)
+    torch.testing.assert_close(bn.running_mean, x.mean(1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(bn.running_var, x.var(1, unbiased=False), rtol=0, atol=1e-15)
+    plain = StepwiseBatchNorm(3, max_length=2, population_warmup=False).double().train()
+    plain(x)
+    assert (plain.running_var > 0.98).all()  # 0.99 * 1 + 0.01 * ~1e-6
 
 
 @pytest.mark.parametrize("max_length, train_length, last", [(4, 4, 3), (10, 3, 2), (4, 6, 3)])

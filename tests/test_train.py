@@ -137,6 +137,14 @@ def test_bad_config_is_one_line_error(override, field, tmp_path):
     assert not list(tmp_path.rglob("*.pt")), "nothing may be written for a config that fails its checks"
 
 
+def test_bad_bn_population_warmup_names_the_field():
+    from zoneout.config_check import ConfigError, check_config
+
+    cfg = compose_cfg(["experiment=pmnist/recurrent_batchnorm", "model.bn_population_warmup=sometimes"])
+    with pytest.raises(ConfigError, match="model.bn_population_warmup='sometimes': allowed values are True, False"):
+        check_config(cfg)
+
+
 def test_overrides_and_quick_scale_compose():
     cfg = compose_cfg(["experiment=ptb_char/zoneout", "regularizer.zoneout_cell=0.3", "trainer.max_epochs=2"])
     assert cfg.regularizer.zoneout_cell == 0.3 and cfg.regularizer.zoneout_hidden == 0.05

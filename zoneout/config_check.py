@@ -75,6 +75,8 @@ def check_config(cfg) -> None:
     _one_of("model.init", m.init, ("orthogonal", "uniform", "default"))
     _one_of("model.impl", m.impl, IMPLS)
     _one_of("model.nonlinearity", m.nonlinearity, ("tanh", "relu"))
+    if m.cell == "bn_lstm":
+        _one_of("model.bn_population_warmup", m.get("bn_population_warmup"), (True, False))
     for field in ("zoneout_cell", "zoneout_hidden", "recurrent_dropout", "stochastic_depth", "dropout"):
         _probability(f"regularizer.{field}", r[field])
     if r.get("cell_dropout"):

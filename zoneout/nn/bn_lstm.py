@@ -8,8 +8,15 @@
 
 BN_t keeps separate population statistics for every timestep t < max_length (REPLICATION.md §2.4):
 training normalises with the minibatch's statistics at that timestep (biased variance) and updates
-pop = momentum * batch + (1 - momentum) * pop; eval uses the population statistics, and timesteps
-beyond max_length -- or beyond the longest sequence trained on -- reuse the last trained timestep's.
+pop = m * batch + (1 - m) * pop; eval uses the population statistics, and timesteps beyond
+max_length -- or beyond the longest sequence trained on -- reuse the last trained timestep's.
+m is the paper code's momentum 0.01, except that with population_warmup (the default) the n-th
+update of a timestep uses m = max(momentum, 1/n): a plain average of the first 1/momentum batches,
+then the EMA. Without it the initial (mean 0, var 1) still weighs 0.99^n after n updates, which at
+short training swamps the tiny variances of W_x x for pMNIST's scalar pixels and leaves eval at
+chance (measured: 0.99^100 = 0.37 population variance vs ~1e-5 in the batch). After ~500 updates
+the two agree to 1% and at paper scale (75k updates) exactly; population_warmup=False is the EMA
+from the init, as written in [R].
 Weights and biases are named like nn.LSTM's (gate order i, f, g, o); gammas init 0.1, betas 0.
 """
 from __future__ import annotations
@@ -27,16 +34,18 @@ class StepwiseBatchNorm(nn.Module):
     """Batch norm over the batch axis of time-major (S, B, F) inputs, with statistics per timestep."""
 
     def __init__(self, num_features: int, max_length: int, gamma_init: float = 0.1, shift: bool = True,
-                 eps: float = 1e-5, momentum: float = 0.01):
+                 eps: float = 1e-5, momentum: float = 0.01, population_warmup: bool = True):
         super().__init__()
         self.num_features, self.max_length = num_features, max_length
-        self.eps, self.momentum = eps, momentum
+        self.eps, self.momentum, self.population_warmup = eps, momentum, population_warmup
         self.weight = nn.Parameter(torch.full((num_features,), float(gamma_init)))
         self.register_parameter("bias", nn.Parameter(torch.zeros(num_features)) if shift else None)
         self.register_buffer("running_mean", torch.zeros(max_length, num_features))
         self.register_buffer("running_var", torch.ones(max_length, num_features))
         # How many leading timesteps have population statistics (the longest training sequence, capped).
         self.register_buffer("steps_tracked", torch.zeros((), dtype=torch.long))
+        # Updates each timestep's statistics have had (for the warm-up average).
+        self.register_buffer("updates", torch.zeros(max_length, dtype=torch.long))
 
     def forward(self, input: Tensor, start: int = 0) -> Tensor:
         """input (S, B, F) holding timesteps start .. start + S - 1."""
@@ -61,13 +70,19 @@ class StepwiseBatchNorm(nn.Module):
         end = min(start + mean.shape[0], self.max_length)
         if end <= start:
             return
-        self.running_mean[start:end].lerp_(mean[: end - start].to(self.running_mean.dtype), self.momentum)
-        self.running_var[start:end].lerp_(var[: end - start].to(self.running_var.dtype), self.momentum)
+        updates = self.updates[start:end]
+        updates += 1
+        weight = torch.full(updates.shape, self.momentum, dtype=self.running_mean.dtype, device=updates.device)
+        if self.population_warmup:
+            weight = torch.maximum(weight, 1.0 / updates.to(weight.dtype))
+        weight = weight.unsqueeze(1)
+        self.running_mean[start:end].lerp_(mean[: end - start].to(self.running_mean.dtype), weight)
+        self.running_var[start:end].lerp_(var[: end - start].to(self.running_var.dtype), weight)
         self.steps_tracked.clamp_(min=end)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, max_length={self.max_length}, shift={self.bias is not None}, "
-                f"eps={self.eps}, momentum={self.momentum}")
+                f"eps={self.eps}, momentum={self.momentum}, population_warmup={self.population_warmup}")
 
 
 def bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
@@ -93,11 +108,11 @@ def bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weig
 class BatchNormLSTM(nn.Module):
     """Multi-layer recurrent-BN LSTM; noise from `recurrent_regularizers` (zoneout, recurrent dropout,
     stochastic depth), one draw per layer and forward pass. `max_length`: the longest training sequence
-    (784 for pMNIST)."""
+    (784 for pMNIST). `population_warmup`: see the module docstring."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
                  max_length: int = 784, gamma_init: float = 0.1, eps: float = 1e-5, momentum: float = 0.01,
-                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = ()):
+                 population_warmup: bool = True, recurrent_regularizers: Sequence[RecurrentNoiseSource] = ()):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
                             ("max_length", max_length)):
@@ -112,10 +127,11 @@ class BatchNormLSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.batch_first, self.max_length = bool(batch_first), int(max_length)
         self.gamma_init, self.eps, self.momentum = float(gamma_init), float(eps), float(momentum)
+        self.population_warmup = bool(population_warmup)
         self.recurrent_regularizers = nn.ModuleList(recurrent_regularizers)
         gates = 4 * self.hidden_size
         norm = lambda features, shift: StepwiseBatchNorm(  # noqa: E731
-            features, self.max_length, self.gamma_init, shift, self.eps, self.momentum)
+            features, self.max_length, self.gamma_init, shift, self.eps, self.momentum, self.population_warmup)
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else self.hidden_size
             self.register_parameter(f"weight_ih_l{layer}", nn.Parameter(torch.empty(gates, layer_input)))
@@ -179,5 +195,6 @@ class BatchNormLSTM(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, max_length={self.max_length}, "
-                f"gamma_init={self.gamma_init}, eps={self.eps}, momentum={self.momentum}")
+                f"gamma_init={self.gamma_init}, eps={self.eps}, momentum={self.momentum}, "
+                f"population_warmup={self.population_warmup}")
 
