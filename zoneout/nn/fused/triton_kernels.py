@@ -60,6 +60,23 @@ def _keep_or_update(previous, candidate, ptr, stride_b, stride_h, values, index:
 
 
 @triton.jit
+def _load_gates(ptr, row, H, valid):
+    """The four gate values (i, f, g, o) of each (example, unit) pair of a (B, 4H) row-major tensor."""
+    return (tl.load(ptr + row, mask=valid, other=0.0), tl.load(ptr + row + H, mask=valid, other=0.0),
+            tl.load(ptr + row + 2 * H, mask=valid, other=0.0), tl.load(ptr + row + 3 * H, mask=valid, other=0.0))
+
+
+@triton.jit
+def _store_gates(ptr, row, H, valid, i, f, g, o):
+    """Store (i, f, g, o) into a (B, 4H) tensor, converted to its dtype."""
+    dtype = ptr.dtype.element_ty
+    tl.store(ptr + row, i.to(dtype), mask=valid)
+    tl.store(ptr + row + H, f.to(dtype), mask=valid)
+    tl.store(ptr + row + 2 * H, g.to(dtype), mask=valid)
+    tl.store(ptr + row + 3 * H, o.to(dtype), mask=valid)
+
+
+@triton.jit
 def forward_step_kernel(gates, recurrent, h_prev, c_prev, h_next, c_next, tanh_cell, h_next_lowp,
                         keep_c, kc_sb, kc_sh, keep_h, kh_sb, kh_sh, update, u_sb, u_sh, values, B, H,
                         KC: tl.constexpr, KH: tl.constexpr, KU: tl.constexpr, ADD_RECURRENT: tl.constexpr,
@@ -72,15 +89,13 @@ def forward_step_kernel(gates, recurrent, h_prev, c_prev, h_next, c_next, tanh_c
     b = offs // H
     j = offs % H
     row = b * 4 * H + j
-    pre_i = tl.load(gates + row, mask=valid, other=0.0)
-    pre_f = tl.load(gates + row + H, mask=valid, other=0.0)
-    pre_g = tl.load(gates + row + 2 * H, mask=valid, other=0.0)
-    pre_o = tl.load(gates + row + 3 * H, mask=valid, other=0.0)
+    pre_i, pre_f, pre_g, pre_o = _load_gates(gates, row, H, valid)
     if ADD_RECURRENT:
-        pre_i += tl.load(recurrent + row, mask=valid, other=0.0).to(pre_i.dtype)
-        pre_f += tl.load(recurrent + row + H, mask=valid, other=0.0).to(pre_i.dtype)
-        pre_g += tl.load(recurrent + row + 2 * H, mask=valid, other=0.0).to(pre_i.dtype)
-        pre_o += tl.load(recurrent + row + 3 * H, mask=valid, other=0.0).to(pre_i.dtype)
+        rec_i, rec_f, rec_g, rec_o = _load_gates(recurrent, row, H, valid)
+        pre_i += rec_i.to(pre_i.dtype)
+        pre_f += rec_f.to(pre_i.dtype)
+        pre_g += rec_g.to(pre_i.dtype)
+        pre_o += rec_o.to(pre_i.dtype)
     i = _sigmoid(pre_i)
     f = _sigmoid(pre_f)
     g = _tanh(pre_g, FP64)
@@ -98,10 +113,7 @@ def forward_step_kernel(gates, recurrent, h_prev, c_prev, h_next, c_next, tanh_c
         tl.store(h_next_lowp + offs, h.to(h_next_lowp.dtype.element_ty), mask=valid)
     if SAVE:
         tl.store(tanh_cell + offs, tc, mask=valid)
-        tl.store(gates + row, i, mask=valid)
-        tl.store(gates + row + H, f, mask=valid)
-        tl.store(gates + row + 2 * H, g, mask=valid)
-        tl.store(gates + row + 3 * H, o, mask=valid)
+        _store_gates(gates, row, H, valid, i, f, g, o)
 
 
 @triton.jit
@@ -116,10 +128,7 @@ def backward_step_kernel(gates, c_prev, tanh_cell, grad_output, dh, dh_gemm, dc,
     b = offs // H
     j = offs % H
     row = b * 4 * H + j
-    i = tl.load(gates + row, mask=valid, other=0.0)
-    f = tl.load(gates + row + H, mask=valid, other=0.0)
-    g = tl.load(gates + row + 2 * H, mask=valid, other=0.0)
-    o = tl.load(gates + row + 3 * H, mask=valid, other=0.0)
+    i, f, g, o = _load_gates(gates, row, H, valid)
     cp = tl.load(c_prev + offs, mask=valid, other=0.0)
     tc = tl.load(tanh_cell + offs, mask=valid, other=0.0)
     dh_total = tl.load(grad_output + offs, mask=valid, other=0.0) + tl.load(dh + offs, mask=valid, other=0.0)
@@ -135,16 +144,9 @@ def backward_step_kernel(gates, c_prev, tanh_cell, grad_output, dh, dh_gemm, dc,
     d_f = dc_candidate * cp * f * (1.0 - f)
     d_g = dc_candidate * m * i * (1.0 - g * g)
     d_o = dh_candidate * tc * o * (1.0 - o)
-    tl.store(dgates + row, d_i, mask=valid)
-    tl.store(dgates + row + H, d_f, mask=valid)
-    tl.store(dgates + row + 2 * H, d_g, mask=valid)
-    tl.store(dgates + row + 3 * H, d_o, mask=valid)
+    _store_gates(dgates, row, H, valid, d_i, d_f, d_g, d_o)
     if WRITE_LOWP:
-        low = dgates_lowp.dtype.element_ty
-        tl.store(dgates_lowp + row, d_i.to(low), mask=valid)
-        tl.store(dgates_lowp + row + H, d_f.to(low), mask=valid)
-        tl.store(dgates_lowp + row + 2 * H, d_g.to(low), mask=valid)
-        tl.store(dgates_lowp + row + 3 * H, d_o.to(low), mask=valid)
+        _store_gates(dgates_lowp, row, H, valid, d_i, d_f, d_g, d_o)
     tl.store(dc + offs, keep_c * dc_total + dc_candidate * f, mask=valid)
     tl.store(dh + offs, keep_h * dh_total, mask=valid)
 
