@@ -49,22 +49,35 @@ class StepwiseBatchNorm(nn.Module):
 
     def forward(self, input: Tensor, start: int = 0) -> Tensor:
         """input (S, B, F) holding timesteps start .. start + S - 1."""
-        steps = input.shape[0]
         if self.training:
-            mean = input.mean(dim=1)
-            var = input.var(dim=1, unbiased=False)
-            self._update_population(mean, var, start)
+            mean, var = self.batch_statistics(input)
+            self.update_population(mean.detach(), var.detach(), start)
         else:
-            last = (self.steps_tracked - 1).clamp(min=0)
-            index = torch.arange(start, start + steps, device=input.device).clamp(max=self.max_length - 1)
-            index = torch.minimum(index, last)
-            mean, var = self.running_mean[index], self.running_var[index]
-        normalized = (input - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + self.eps)
-        output = normalized * self.weight
-        return output + self.bias if self.bias is not None else output
+            mean, var = self.population(start, input.shape[0])
+        return self.normalize(input, mean, var)
+
+    @staticmethod
+    def batch_statistics(input: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and biased variance over the batch axis (-2) of (..., B, F)."""
+        var, mean = torch.var_mean(input, dim=-2, unbiased=False)
+        return mean, var
+
+    def population(self, start: int, steps: int) -> tuple[Tensor, Tensor]:
+        """Population mean and variance (steps, F) for timesteps start .. start + steps - 1."""
+        last = (self.steps_tracked - 1).clamp(min=0)
+        index = torch.arange(start, start + steps, device=self.running_mean.device).clamp(max=self.max_length - 1)
+        index = torch.minimum(index, last)
+        return self.running_mean[index], self.running_var[index]
+
+    def normalize(self, input: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        """gamma * (input - mean) / sqrt(var + eps) + beta; input (..., B, F), statistics (..., F)."""
+        scale = self.weight * torch.rsqrt(var + self.eps)  # per feature: two full-size ops, not four
+        shift = -mean * scale if self.bias is None else self.bias - mean * scale
+        return input * scale.unsqueeze(-2) + shift.unsqueeze(-2)
 
     @torch.no_grad()
-    def _update_population(self, mean: Tensor, var: Tensor, start: int) -> None:
+    def update_population(self, mean: Tensor, var: Tensor, start: int) -> None:
+        """Fold batch statistics (S, F) of timesteps start .. start + S - 1 into the population."""
         # Timesteps at or past max_length have no slot; they are normalised with batch statistics
         # in training and read the last slot in eval.
         end = min(start + mean.shape[0], self.max_length)
@@ -89,19 +102,38 @@ def bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weig
                   bias_hh: Tensor, bn_ih: StepwiseBatchNorm, bn_hh: StepwiseBatchNorm, bn_c: StepwiseBatchNorm,
                   noise: RecurrentNoise) -> tuple[Tensor, Tensor, Tensor]:
     """One BN-LSTM layer: input (T, B, I), h0/c0 (B, H) -> output (T, B, H), h_T, c_T."""
+    steps = input.shape[0]
     gates_x = bn_ih(input @ weight_ih.t(), start=0) + (bias_ih + bias_hh)  # per-timestep stats, all at once
-    h, c, outputs = h0, c0, []
     gates_x = gates_x.unbind(0)  # per-step views: indexing would make backward O(T^2)
-    for t in range(input.shape[0]):
+    # bn_hh and bn_c see one timestep per call: read the population once for all steps in eval; in
+    # training collect the batch statistics and fold them into the population once, after the loop.
+    training = bn_hh.training
+    statistics = {bn_hh: ([], []), bn_c: ([], [])} if training else {
+        bn: [rows.unbind(0) for rows in bn.population(0, steps)] for bn in (bn_hh, bn_c)}
+
+    def norm(bn: StepwiseBatchNorm, value: Tensor, t: int) -> Tensor:
+        if training:
+            mean, var = bn.batch_statistics(value)
+            statistics[bn][0].append(mean.detach())
+            statistics[bn][1].append(var.detach())
+        else:
+            mean, var = statistics[bn][0][t], statistics[bn][1][t]
+        return bn.normalize(value, mean, var)
+
+    h, c, outputs = h0, c0, []
+    for t in range(steps):
         noise_t = noise.at(t)
-        gates = gates_x[t] + bn_hh((h @ weight_hh.t()).unsqueeze(0), start=t)[0]
+        gates = gates_x[t] + norm(bn_hh, h @ weight_hh.t(), t)
         i, f, g, o = gates.chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         c_candidate = f * c + scale_update(noise_t.update_keep, i * g)
-        h_candidate = o * torch.tanh(bn_c(c_candidate.unsqueeze(0), start=t)[0])
+        h_candidate = o * torch.tanh(norm(bn_c, c_candidate, t))
         c = keep_or_update(noise_t.keep_cell, c, c_candidate)
         h = keep_or_update(noise_t.keep_hidden, h, h_candidate)
         outputs.append(h)
+    if training:
+        for bn, (means, variances) in statistics.items():
+            bn.update_population(torch.stack(means), torch.stack(variances), start=0)
     return torch.stack(outputs), h, c
 
 
