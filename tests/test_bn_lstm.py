@@ -256,3 +256,37 @@ def test_bad_shapes_raise_value_error():
         model(torch.randn(4, 2, I + 1))
     with pytest.raises(ValueError, match="hx"):
         model(torch.randn(4, 2, I), (torch.zeros(1, 3, H), torch.zeros(1, 3, H)))
+
+
+def test_recalibration_is_the_plain_average_of_batch_statistics_with_current_weights():
+    from zoneout.nn.bn_lstm import recalibrate_population
+
+    model = make_model(momentum=0.3).train()
+    T = 4
+    for seed in range(3):  # some training-time history, to be forgotten
+        x, h0, c0 = sequence(T, seed=seed)
+        model(x, (h0, c0))
+    batches = [sequence(T, seed=20 + k) for k in range(3)]
+    sums = {kind: [0.0, 0.0] for kind in ("ih", "hh", "c")}
+    for x, h0, c0 in batches:
+        _, _, _, used = oracle(model, x, h0[0], c0[0])
+        for kind, total in sums.items():
+            total[0] = total[0] + torch.stack([mean for mean, _ in used[kind]])
+            total[1] = total[1] + torch.stack([var for _, var in used[kind]])
+    model.eval()
+    assert recalibrate_population(model, lambda batch: model(batch[0], (batch[1], batch[2])), batches) == 3
+    assert not model.training  # mode restored
+    for kind, (mean_sum, var_sum) in sums.items():
+        bn = getattr(model, f"bn_{kind}_l0")
+        torch.testing.assert_close(bn.running_mean[:T], mean_sum / 3, rtol=0, atol=1e-12)
+        torch.testing.assert_close(bn.running_var[:T], var_sum / 3, rtol=0, atol=1e-12)
+        assert bn.updates.tolist() == [3] * T + [0] * 6 and bn.steps_tracked.item() == T
+        assert not bn.plain_average
+    # training afterwards goes back to the model's own rule: max(momentum, 1/n) = max(0.3, 1/4)
+    before = model.bn_c_l0.running_mean[:T].clone()
+    x, h0, c0 = sequence(T, seed=40)
+    _, _, _, used = oracle(model.train(), x, h0[0], c0[0])
+    model(x, (h0, c0))
+    expected = 0.7 * before + 0.3 * torch.stack([mean for mean, _ in used["c"]])
+    torch.testing.assert_close(model.bn_c_l0.running_mean[:T], expected, rtol=0, atol=1e-12)
+    assert recalibrate_population(torch.nn.LSTM(2, 3), lambda batch: None, [1, 2]) == 0

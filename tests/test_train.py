@@ -152,6 +152,8 @@ def test_overrides_and_quick_scale_compose():
     assert cfg.model.hidden_size == 1000 and cfg.optim.lr == 0.002 and cfg.dataset.batch_size == 32
     quick = compose_cfg(["experiment=ptb_char/zoneout", "scale=quick"])
     assert quick.model.hidden_size == quick.dataset.quick.hidden_size and quick.scale_name == "quick"
+    # paper scale: the training EMA of [R]; quick scale: re-estimated before each evaluation
+    assert cfg.trainer.bn_recalibration_batches is None and quick.trainer.bn_recalibration_batches == 20
 
 
 def read_wandb_records(path: Path) -> list:
@@ -219,3 +221,17 @@ def test_text8_row_trains_on_generated_text8(tmp_path, monkeypatch):
     # 27 symbols: an untrained model sits near log2(27) = 4.75 bits; a few steps cannot be far below.
     assert 3.0 < summary["test"] < 5.5
     assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1, 2]
+
+
+def test_bn_recalibration_leaves_training_unchanged_and_sets_the_population(data_dir, tmp_path):
+    runs = {}
+    for batches in (None, 3):
+        cfg = compose_cfg(["experiment=ptb_char/recurrent_batchnorm", *TINY, f"dataset.data_dir={data_dir}",
+                           "dataset.mirror=null", f"trainer.bn_recalibration_batches={batches or 'null'}"])
+        runs[batches] = train(cfg, tmp_path / str(batches))
+    plain, recalibrated = (read_metrics(tmp_path / name) for name in ("None", "3"))
+    assert [m["train_loss"] for m in plain] == [m["train_loss"] for m in recalibrated]  # own RNG and data order
+    assert [m["valid_bpc"] for m in plain] != [m["valid_bpc"] for m in recalibrated]
+    buffers = checkpoint.load(tmp_path / "3" / "last.pt")["model"]
+    assert buffers["layers.0.bn_c_l0.updates"].tolist()[:99] == [3] * 99  # re-estimated from 3 batches, not 8 steps
+    assert checkpoint.load(tmp_path / "None" / "last.pt")["model"]["layers.0.bn_c_l0.updates"].tolist()[:99] == [8] * 99

@@ -92,7 +92,7 @@ def check_config(cfg) -> None:
     _positive_int("trainer.patience", t.patience)
     if t.clip_grad_norm is not None and (not isinstance(t.clip_grad_norm, (int, float)) or t.clip_grad_norm <= 0):
         raise ConfigError(f"trainer.clip_grad_norm={t.clip_grad_norm!r}: must be a number > 0 or null")
-    for field in ("max_steps_per_epoch", "eval_max_batches", "threads"):
+    for field in ("max_steps_per_epoch", "eval_max_batches", "threads", "bn_recalibration_batches"):
         if t[field] is not None:
             _positive_int(f"trainer.{field}", t[field])
     _one_of("logger.name", cfg.logger.name, ("wandb", "csv"))

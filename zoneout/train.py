@@ -7,6 +7,7 @@ metrics.jsonl/.csv (one line per epoch), summary.json, best.pt and last.pt.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from zoneout import checkpoint
 from zoneout.config_check import ConfigError, check_config, check_group_overrides, fail
 from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
+from zoneout.nn.bn_lstm import recalibrate_population
 from zoneout.regularizers import WeightNoise, norm_stabilizer_penalty
 from zoneout.tasks import build_task, metric_from
 
@@ -56,6 +58,19 @@ def evaluate(model, task, split: str, stream: bool = False, max_batches=None) ->
         state = result.state
         nll_sum, count, correct = nll_sum + result.nll_sum, count + result.count, correct + result.correct
     return metric_from(task.metric, nll_sum, count, correct), nll_sum / max(count, 1)
+
+
+def recalibrate_batchnorm(cfg, model, task, epoch: int) -> None:
+    """trainer.bn_recalibration_batches = N: re-estimate recurrent-BN population statistics from N
+    training batches with the current weights before evaluating (null: the training-time EMA, as the
+    paper's code). Its own data order and RNG, so the training run itself is unchanged."""
+    if not cfg.trainer.bn_recalibration_batches:
+        return
+    batches = task.train_batches(torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if next(model.parameters()).is_cuda else []):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        recalibrate_population(model, lambda batch: task.step(model, batch, None),
+                               itertools.islice(batches, cfg.trainer.bn_recalibration_batches))
 
 
 def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch: int) -> dict:
@@ -160,6 +175,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             record.update(train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch))
             eval_start = time.perf_counter()
+            recalibrate_batchnorm(cfg, model, task, epoch)  # best.pt keeps the statistics it was validated with
             valid_metric, valid_loss = evaluate(model, task, "valid", max_batches=cfg.trainer.eval_max_batches)
             record.update({"valid_loss": valid_loss, f"valid_{task.metric}": valid_metric,
                            "eval_seconds": time.perf_counter() - eval_start})
