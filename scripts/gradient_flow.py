@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_table import save_figure  # noqa: E402
-from zoneout.checkpoint import atomic_write_text  # noqa: E402
+from zoneout.atomic import atomic_write_text  # noqa: E402
 from zoneout.nn.lstm import LSTM  # noqa: E402
 from zoneout.nn.noise import RecurrentNoise, bernoulli_mask, keep_or_update  # noqa: E402
 from zoneout.nn.reference import lstm_cell_step  # noqa: E402

@@ -21,7 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from zoneout.checkpoint import atomic_write_text  # noqa: E402
+from zoneout.atomic import atomic_write_text  # noqa: E402
 
 
 def runs_root() -> Path:

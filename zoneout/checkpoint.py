@@ -1,34 +1,15 @@
 """Checkpoints are plain dicts of state_dicts, tensors and numbers (no pickled objects), written
-atomically: a temp file in the same folder, fsync, then rename. A kill at any moment leaves
-either the previous checkpoint or the new one, never half of one."""
+atomically (zoneout/atomic.py): a kill at any moment leaves either the previous checkpoint or the
+new one, never half of one."""
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def atomic_write_bytes(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
+from zoneout.atomic import atomic_write_bytes
 
 
 def save(path: Path, state: dict) -> None:

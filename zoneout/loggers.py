@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from zoneout.checkpoint import atomic_write_text
+from zoneout.atomic import atomic_write_text
 
 
 class RunFolderLogger:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from zoneout import checkpoint
+from zoneout.atomic import atomic_write_text
 from zoneout.config_check import ConfigError, check_config, check_group_overrides, fail
 from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
@@ -150,7 +151,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     optimizer = build_optimizer(cfg.optim, model.parameters())
     weight_noise = WeightNoise(cfg.regularizer.weight_noise) if cfg.regularizer.weight_noise else None
     config_dict = OmegaConf.to_container(cfg, resolve=True)
-    checkpoint.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     start_epoch, best, bad_epochs, history = 1, None, 0, []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"

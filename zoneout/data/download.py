@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Callable, Optional
 from urllib.request import urlopen
 
+from zoneout.atomic import atomic_write_text, publish
+
 MIRROR_ENV = "ZONEOUT_DATA_MIRROR"
 STAMP_NAME = ".verified.json"
 DOWNLOAD_TIMEOUT_S = 60
@@ -152,9 +154,7 @@ class _Stamps:
 
     def record(self, name: str, path: Path, digest: str) -> None:
         self.entries[name] = {"key": self._key(path), "sha256": digest}
-        with tempfile.NamedTemporaryFile("w", dir=self.path.parent, prefix=".partial-", delete=False) as handle:
-            json.dump(self.entries, handle, indent=1, sort_keys=True)
-        os.replace(handle.name, self.path)
+        atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
 
 
 def fetch_url(url: str, destination: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
@@ -219,7 +219,7 @@ def _install_from(spec: FileSpec, final: Path, produce: Callable[[Path], None], 
     try:
         produce(partial)
         digest = _check(spec, partial, shown_as)
-        os.replace(partial, final)
+        publish(partial, final)
         return digest
     finally:
         partial.unlink(missing_ok=True)

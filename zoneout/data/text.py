@@ -13,14 +13,13 @@ data, keyed on the checksums of the source files.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from zoneout.atomic import atomic_write_bytes
 from zoneout.data.download import prepare, verified_digests
 
 END_OF_LINE = "\n"
@@ -172,15 +171,7 @@ def load_corpus(name: str, data_dir, mirror=None) -> Corpus:
         if stale != cache:
             stale.unlink(missing_ok=True)
     # Temp file + rename: concurrent runs (e.g. a sweep's first epoch) never read a half-written cache.
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".partial-", suffix=".pt", delete=False) as handle:
-        partial = Path(handle.name)
-        try:
-            torch.save(state, handle)
-        except BaseException:
-            handle.close()
-            partial.unlink(missing_ok=True)
-            raise
-    os.replace(partial, cache)
+    atomic_write_bytes(cache, lambda handle: torch.save(state, handle))
     return corpus
 
 
