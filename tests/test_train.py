@@ -235,3 +235,22 @@ def test_bn_recalibration_leaves_training_unchanged_and_sets_the_population(data
     buffers = checkpoint.load(tmp_path / "3" / "last.pt")["model"]
     assert buffers["layers.0.bn_c_l0.updates"].tolist()[:99] == [3] * 99  # re-estimated from 3 batches, not 8 steps
     assert checkpoint.load(tmp_path / "None" / "last.pt")["model"]["layers.0.bn_c_l0.updates"].tolist()[:99] == [8] * 99
+
+
+def test_commit_is_dirty_for_modified_code_but_not_for_written_results(tmp_path):
+    from zoneout.train import git_commit
+
+    git = lambda *args: subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    for name in ("results/quick/table.md", "zoneout/cell.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) >= 7 and not clean.endswith("-dirty")
+    (tmp_path / "results/quick/table.md").write_text("v2\n")  # what make_table writes between tables
+    (tmp_path / "runs.txt").write_text("untracked\n")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "zoneout/cell.py").write_text("v2\n")
+    assert git_commit(tmp_path) == clean + "-dirty"

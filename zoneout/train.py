@@ -125,11 +125,14 @@ def describe_device(device: torch.device) -> str:
         return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def git_commit() -> str:
+def git_commit(root: Path = Path(__file__).resolve().parent.parent) -> str:
+    """Short HEAD of the checkout that runs, with -dirty if its tracked code or configs are modified."""
     try:
-        root = Path(__file__).resolve().parent.parent
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        # results/ is what runs write (make_table after each table), not what they run: ignore it, or
+        # every table after the first of a replicate session would be marked dirty.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
