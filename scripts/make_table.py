@@ -43,7 +43,12 @@ def find_runs(scale: str, experiment: str) -> list[tuple[dict, Path]]:
         summary = json.loads(summary_path.read_text())
         if summary.get("name") == experiment and summary.get("scale") == scale and summary.get("status") == "finished":
             found.append((summary, summary_path.parent))
-    unique = {s["seed"]: (s, d) for s, d in found}  # one run per seed: the last one found
+    unique = {}
+    for summary, folder in sorted(found, key=lambda run: (run[1] / "summary.json").stat().st_mtime):
+        if summary["seed"] in unique:
+            print(f"note: {experiment} seed {summary['seed']} ({scale}) also in {unique[summary['seed']][1]}; "
+                  f"using the newest, {folder}", file=sys.stderr)
+        unique[summary["seed"]] = (summary, folder)  # one run per seed: the newest
     return [unique[k] for k in sorted(unique)]
 
 

@@ -195,3 +195,17 @@ def test_gradient_flow_bad_arguments_fail_in_one_line(capsys):
     assert gradient_flow.main(["--pixels", "0"]) == 2
     error = capsys.readouterr().err
     assert error == "error: --pixels=0: must be between 1 and 784\n"
+
+
+def test_make_table_takes_the_newest_run_of_a_seed_found_twice(tmp_path, monkeypatch, capsys):
+    """An older copy of the runs (e.g. moved aside, or a multirun) must not win by sorting after the new one."""
+    import os
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv("ZONEOUT_RUNS_DIR", str(root))
+    new = write_run(root, "ptb_char/zoneout", 0, 1.5, 1.4)
+    old = write_run(root / "zz_older_copy", "ptb_char/zoneout", 0, 2.5, 2.4)
+    os.utime(old / "summary.json", (1_000_000, 1_000_000))
+    [(summary, folder)] = make_table.find_runs("quick", "ptb_char/zoneout")
+    assert folder == new and summary["test"] == 1.4
+    assert "using the newest" in capsys.readouterr().err
