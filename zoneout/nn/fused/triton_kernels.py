@@ -60,6 +60,16 @@ def _keep_or_update(previous, candidate, ptr, stride_b, stride_h, values, index:
 
 
 @triton.jit
+def _pair_indices(B, H, BLOCK: tl.constexpr):
+    """This program's (example, unit) pairs: flat offsets into (B, H), their bounds mask, b, j, and
+    the offset of gate i of each pair in a (B, 4H) tensor."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    b = offs // H
+    j = offs % H
+    return offs, offs < B * H, b, j, b * 4 * H + j
+
+
+@triton.jit
 def _load_gates(ptr, row, H, valid):
     """The four gate values (i, f, g, o) of each (example, unit) pair of a (B, 4H) row-major tensor."""
     return (tl.load(ptr + row, mask=valid, other=0.0), tl.load(ptr + row + H, mask=valid, other=0.0),
@@ -84,11 +94,7 @@ def forward_step_kernel(gates, recurrent, h_prev, c_prev, h_next, c_next, tanh_c
     """gates (B,4H): pre-activations (plus `recurrent` (B,4H) if ADD_RECURRENT, e.g. a bf16 GEMM's
     result); overwritten with the activated gates if SAVE. Writes h_next, c_next, tanh(c~) if SAVE,
     and a low-precision copy of h_next for the next step's GEMM if WRITE_LOWP."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < B * H
-    b = offs // H
-    j = offs % H
-    row = b * 4 * H + j
+    offs, valid, b, j, row = _pair_indices(B, H, BLOCK)
     pre_i, pre_f, pre_g, pre_o = _load_gates(gates, row, H, valid)
     if ADD_RECURRENT:
         rec_i, rec_f, rec_g, rec_o = _load_gates(recurrent, row, H, valid)
@@ -123,11 +129,7 @@ def backward_step_kernel(gates, c_prev, tanh_cell, grad_output, dh, dh_gemm, dc,
                          WRITE_LOWP: tl.constexpr, BLOCK: tl.constexpr):
     """dh, dc (B,H): on entry dL/dh_t (minus `dh_gemm`'s GEMM part if ADD_DH_GEMM) and dL/dc_t; on exit
     the non-GEMM part of dL/dh_{t-1} and dL/dc_{t-1}. dgates (B,4H) gets dL/d(pre-activations)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < B * H
-    b = offs // H
-    j = offs % H
-    row = b * 4 * H + j
+    offs, valid, b, j, row = _pair_indices(B, H, BLOCK)
     i, f, g, o = _load_gates(gates, row, H, valid)
     cp = tl.load(c_prev + offs, mask=valid, other=0.0)
     tc = tl.load(tanh_cell + offs, mask=valid, other=0.0)
