@@ -138,11 +138,14 @@ def test_bad_config_is_one_line_error(override, field, tmp_path):
     assert not list(tmp_path.rglob("*.pt")), "nothing may be written for a config that fails its checks"
 
 
-def test_bad_bn_population_warmup_names_the_field():
+def test_bad_bn_settings_name_the_field():
     from zoneout.config_check import ConfigError, check_config
 
     cfg = compose_cfg(["experiment=pmnist/recurrent_batchnorm", "model.bn_population_warmup=sometimes"])
     with pytest.raises(ConfigError, match="model.bn_population_warmup='sometimes': allowed values are True, False"):
+        check_config(cfg)
+    cfg = compose_cfg(["experiment=pmnist/recurrent_batchnorm", "trainer.bn_recalibration_batches=0"])
+    with pytest.raises(ConfigError, match="trainer.bn_recalibration_batches=0: must be a positive integer"):
         check_config(cfg)
 
 
