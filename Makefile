@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 SCALE ?= paper
 SEEDS ?= 0
+# Extra Hydra overrides for every row of a replicate target, e.g. OVERRIDES="trainer.threads=1 device=cuda".
+OVERRIDES ?=
 # The shared data folder beside this checkout is used as a local mirror when it exists.
 SHARED_DATA := $(abspath $(wildcard ../shared/data))
 export ZONEOUT_DATA_MIRROR ?= $(SHARED_DATA)
@@ -48,14 +50,14 @@ smoke: data  ## a char-PTB zoneout run of a few hundred CPU steps that prints BP
 data-text8: install  ## download text8 (not in the mirror; needs mattmahoney.net)
 	$(BIN)/python scripts/fetch_data.py --dataset text8
 
-replicate-ptb-char: data  ## Table 1 char-PTB rows (SCALE=quick|paper, SEEDS="0 1 2"), then the table
+replicate-ptb-char: data  ## Table 1 char-PTB rows (SCALE=quick|paper, SEEDS="0 1 2", OVERRIDES="k=v ..."), then the table
 replicate-ptb-word: data  ## Table 1 word-PTB rows (Zaremba large +/- zoneout), then the table
 replicate-text8: data-text8  ## Table 1 text8 rows, then the table
 replicate-pmnist: data  ## Table 2 permuted-MNIST rows, then the table
 replicate-fig3: data  ## Figure 3 (left): the zoneout probability grid on char-PTB
 replicate-gru-rnn: data  ## GRU and tanh-RNN with/without zoneout on char-PTB (numbers in the paper's text)
 $(addprefix replicate-,$(TABLES)): replicate-%:
-	$(BIN)/python scripts/replicate.py $(TABLE_$*) --scale $(SCALE) --seeds $(SEEDS)
+	$(BIN)/python scripts/replicate.py $(TABLE_$*) $(OVERRIDES) --scale $(SCALE) --seeds $(SEEDS)
 
 replicate-gradient-flow: data  ## Figure 6: per-timestep gradient norms after one pMNIST epoch -> results/<scale>/gradient_flow.png
 	$(BIN)/python scripts/gradient_flow.py --scale $(SCALE)
