@@ -4,7 +4,8 @@
 
 Each row: our mean ± std over seeds (valid and test, best-validation checkpoint), the paper's figure,
 the difference, epochs run, and the scale, device, seeds and commit that produced it. Rows without
-finished runs are listed as "not run". The .png has one validation-metric curve per row and seed.
+finished runs are listed as "not run". Below the table, each of the paper's orderings listed in the
+spec's `claims` is checked against our means (holds or not, and whether within seed noise). The .png has one validation-metric curve per row and seed.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import statistics
 import sys
@@ -80,18 +82,81 @@ def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tupl
     return entry, curves
 
 
-def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path | None = None) -> list[dict]:
+def check_claims(spec: dict, entries: dict[str, dict]) -> list[dict]:
+    """The paper's orderings (the spec's `claims`: row `better` has a lower metric than row `than` on
+    `claims_split`), each checked against our means: holds or not, and whether our difference is
+    within seed noise (|delta| < 2 standard errors; needs 2+ seeds in both rows)."""
+    split = spec.get("claims_split", "test")
+    checked = []
+    for claim in spec.get("claims", []):
+        better, than = entries[claim["better"]], entries[claim["than"]]
+        result = {"better": better["row"], "than": than["row"], "split": split,
+                  "paper_better": better[f"paper_{split}"], "paper_than": than[f"paper_{split}"],
+                  "paper_note": claim.get("note"), "delta": None, "stderr": None, "verdict": "not run"}
+        if better["n_seeds"] and than["n_seeds"]:
+            result["ours_better"], result["ours_than"] = better[f"{split}_mean"], than[f"{split}_mean"]
+            result["delta"] = result["ours_better"] - result["ours_than"]
+            verdict = "holds" if result["delta"] < 0 else "does not hold"
+            if better["n_seeds"] > 1 and than["n_seeds"] > 1:
+                result["stderr"] = math.sqrt(better[f"{split}_std"] ** 2 / better["n_seeds"] +
+                                             than[f"{split}_std"] ** 2 / than["n_seeds"])
+                verdict += " (within seed noise)" if abs(result["delta"]) < 2 * result["stderr"] else ""
+            else:
+                verdict += " (1 seed: noise unknown)"
+            result["verdict"] = verdict
+        checked.append(result)
+    return checked
+
+
+def render_claims(claims: list[dict], digits: int) -> str:
+    if not claims:
+        return ""
+    split = claims[0]["split"]
+    held = sum(c["verdict"].startswith("holds") for c in claims)
+    lines = ["", f"## The paper's orderings, checked on our runs ({split}, lower is better)", "",
+             f"{held} of {len(claims)} hold. Δ = ours(first) − ours(second), ± its standard error over seeds; "
+             "within seed noise: |Δ| < 2 standard errors.", "",
+             "| paper's ordering | paper | ours | Δ ours | verdict |", "|---|---|---|---|---|"]
+    for c in claims:
+        if c["paper_better"] is not None and c["paper_than"] is not None:
+            paper = f"{c['paper_better']} < {c['paper_than']}"
+        else:
+            paper = c["paper_note"] or "–"
+        ours = delta = "–"
+        if c["delta"] is not None:
+            ours = f"{c['ours_better']:.{digits}f} vs {c['ours_than']:.{digits}f}"
+            delta = f"{c['delta']:+.{digits}f}" + (f" ± {c['stderr']:.{digits}f}" if c["stderr"] is not None else "")
+        lines.append(f"| {c['better']} < {c['than']} | {paper} | {ours} | {delta} | {c['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def rows_it_would_lose(existing_csv: Path, rows: list[dict]) -> list[str]:
+    """Experiments that have our numbers in an existing table but no run folder here: rebuilding the
+    table in a checkout without those runs (a fresh clone, another ZONEOUT_RUNS_DIR) would wipe them."""
+    if not existing_csv.exists():
+        return []
+    had = {r["experiment"] for r in csv.DictReader(io.StringIO(existing_csv.read_text())) if r.get("n_seeds", "0") not in ("", "0")}
+    return sorted(had - {r["experiment"] for r in rows if r["n_seeds"]})
+
+
+def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path | None = None,
+                force: bool = False) -> list[dict]:
     digits = 1 if spec["metric"] == "perplexity" else 3
-    rows, curves = [], []
+    rows, curves, by_name = [], [], {}
     for row in spec["rows"]:
         # A row without an experiment (e.g. a cited HyperLSTM figure) has nothing of ours to run.
         runs = find_runs(scale, row["experiment"]) if row.get("experiment") else []
         entry, row_curves = summarize_row(row, runs, spec["metric"])
         rows.append(entry)
+        by_name[row["name"]] = entry
         curves.extend(row_curves)
     out_dir = out_dir or ROOT / "results" / scale
+    lost = rows_it_would_lose(out_dir / f"{spec['table']}.csv", rows)
+    if lost and not force:
+        raise ValueError(f"{out_dir / spec['table']}.md has results for {len(lost)} row(s) with no finished run under "
+                         f"{runs_root()} (e.g. {lost[0]}); left as it is (point ZONEOUT_RUNS_DIR at the runs, or --force)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(spec, scale, rows, digits)
+    markdown = render_markdown(spec, scale, rows, digits) + render_claims(check_claims(spec, by_name), digits)
     atomic_write_text(out_dir / f"{spec['table']}.md", markdown)
     atomic_write_text(out_dir / f"{spec['table']}.csv", render_csv(rows))
     if curves:
@@ -164,9 +229,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table")
     parser.add_argument("--scale", default="paper", choices=["paper", "quick"])
+    parser.add_argument("--force", action="store_true", help="rewrite the table even if rows with results lose them")
     args = parser.parse_args()
     try:
-        build_table(load_table_spec(args.table), args.scale, print_table=True)
+        build_table(load_table_spec(args.table), args.scale, print_table=True, force=args.force)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

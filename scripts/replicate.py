@@ -65,11 +65,16 @@ def main() -> int:
                    "hydra.sweep.dir=" + str(runs_root() / args.scale), "hydra.sweep.subdir=${name}/seed${seed}", *base]
         if subprocess.run(command, cwd=ROOT).returncode != 0:
             failures.append("multirun")
-    build_table(spec, args.scale, print_table=True)
+    status = 0
     if failures:
         print(f"error: {len(failures)} run(s) failed: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    try:
+        build_table(spec, args.scale, print_table=True)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        status = 1
+    return status
 
 
 if __name__ == "__main__":

@@ -242,6 +242,37 @@ def test_table_rows_match_configs_and_paper(table):
         assert all(v is None for row in spec["rows"] for v in row["paper"].values())
 
 
+# The paper's orderings each table checks (REPLICATION.md §3: Table 1 caption and text, Table 2 caption, §3.3).
+CLAIMS = {
+    "table1_ptb_char": ["zoneout<unregularized", "zoneout<weight_noise", "zoneout<norm_stabilizer",
+                        "zoneout<stochastic_depth", "zoneout<recurrent_dropout", "zoneout<recurrent_batchnorm",
+                        "weight_noise<unregularized", "norm_stabilizer<unregularized", "stochastic_depth<unregularized",
+                        "recurrent_dropout<unregularized"],
+    "table1_ptb_word": ["zoneout<dropout", "zoneout<recurrent_dropout", "dropout<unregularized"],
+    "table2_pmnist": ["zoneout<unregularized", "zoneout<recurrent_dropout", "recurrent_dropout<unregularized",
+                      "batchnorm_zoneout<recurrent_batchnorm", "batchnorm_zoneout<zoneout"],
+    "text_gru_rnn": ["gru_zoneout<gru_unregularized", "rnn_zoneout<rnn_unregularized"],
+    "fig3_zoneout_grid": [f"zc050_zh005<{other}" for other in ("zh050", "zc050", "zh005", "zc005", "zc050_zh050", "zc005_zh005")],
+}
+CLAIMS["table1_text8"] = CLAIMS["table1_ptb_char"]
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_claims_are_the_papers_orderings(table):
+    spec = load_table(table)
+    claims = spec.get("claims", [])
+    assert [f"{c['better']}<{c['than']}" for c in claims] == CLAIMS.get(table, [])
+    split = spec.get("claims_split", "test")
+    assert split in ("valid", "test")
+    rows = {row["name"]: row for row in spec["rows"]}
+    for claim in claims:
+        better, than = rows[claim["better"]]["paper"][split], rows[claim["than"]]["paper"][split]
+        if better is None or than is None:
+            assert claim.get("note"), f"{claim}: without the paper's numbers the claim must say where it comes from"
+        else:
+            assert better < than, f"{claim}: the paper's own numbers do not order this way"
+
+
 def test_every_paper_number_is_in_a_table():
     found = {(table, row["experiment"]): (row["paper"]["valid"], row["paper"]["test"])
              for table in TABLES for row in load_table(table)["rows"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -75,6 +76,67 @@ def test_make_table_means_paper_delta_and_row_kinds(runs, tmp_path):
     assert (tmp_path / "out" / "table1_ptb_char.png").stat().st_size > 0
 
 
+def entry(name, mean=None, std=0.0, seeds=0, paper=None):
+    return {"row": name, "n_seeds": seeds, "test_mean": mean, "test_std": std, "paper_test": paper, "paper_valid": None}
+
+
+@pytest.mark.parametrize("better, than, verdict, delta, stderr", [
+    (entry("a", 1.0, 0.01, 3, 1.2), entry("b", 1.1, 0.01, 3, 1.3), "holds", -0.1, math.sqrt(2 * 0.01 ** 2 / 3)),
+    (entry("a", 1.2, 0.01, 3, 1.2), entry("b", 1.1, 0.01, 3, 1.3), "does not hold", 0.1, math.sqrt(2 * 0.01 ** 2 / 3)),
+    (entry("a", 1.00, 0.1, 3, 1.2), entry("b", 1.01, 0.1, 2, 1.3), "holds (within seed noise)", -0.01,
+     math.sqrt(0.1 ** 2 / 3 + 0.1 ** 2 / 2)),
+    (entry("a", 1.0, 0.0, 1, 1.2), entry("b", 1.1, 0.01, 3, 1.3), "holds (1 seed: noise unknown)", -0.1, None),
+    (entry("a", 1.0, 0.0, 1, 1.2), entry("b", seeds=0, paper=1.3), "not run", None, None),
+])
+def test_claims_verdicts(better, than, verdict, delta, stderr):
+    spec = {"claims_split": "test", "claims": [{"better": "a", "than": "b"}]}
+    [claim] = make_table.check_claims(spec, {"a": better, "b": than})
+    assert claim["verdict"] == verdict and (claim["paper_better"], claim["paper_than"]) == (1.2, 1.3)
+    assert claim["delta"] == (None if delta is None else pytest.approx(delta))
+    assert claim["stderr"] == (None if stderr is None else pytest.approx(stderr))
+
+
+def test_table_checks_the_papers_orderings(runs, tmp_path):
+    root, _ = runs
+    write_run(root, "ptb_char/unregularized", 1, 1.6, 1.5)  # one finished seed of the baseline
+    make_table.build_table(make_table.load_table_spec("table1_ptb_char"), "quick", out_dir=tmp_path / "out")
+    markdown = (tmp_path / "out" / "table1_ptb_char.md").read_text()
+    assert "## The paper's orderings, checked on our runs (test, lower is better)" in markdown
+    assert "1 of 10 hold." in markdown  # zoneout beats unregularized, not our BN row; 8 claims have rows not run
+    zoneout = statistics.mean(ZONEOUT_TEST)
+    cells = table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05) < Unregularized LSTM")
+    assert cells[1:] == ["1.27 < 1.356", f"{zoneout:.3f} vs 1.500", f"{zoneout - 1.5:+.3f}", "holds (1 seed: noise unknown)"]
+    bn = table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05) < Recurrent batchnorm (Cooijmans et al.; ours at batch 32)")
+    assert bn[1:] == ["1.27 < 1.32", f"{zoneout:.3f} vs 1.380", f"{zoneout - 1.38:+.3f}", "does not hold (1 seed: noise unknown)"]
+    assert table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05) < Weight noise (σ = 0.075)")[4] == "not run"
+
+
+def test_rebuilding_a_table_without_its_runs_keeps_the_results(runs, tmp_path, monkeypatch, capsys):
+    spec = make_table.load_table_spec("table1_ptb_char")
+    out = tmp_path / "out"
+    make_table.build_table(spec, "quick", out_dir=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setenv("ZONEOUT_RUNS_DIR", str(tmp_path / "elsewhere"))  # e.g. a fresh clone: no runs/
+    with pytest.raises(ValueError, match=r"results for 2 row\(s\) with no finished run .* left as it is"):
+        make_table.build_table(spec, "quick", out_dir=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    make_table.build_table(spec, "quick", out_dir=out, force=True)  # asked for: rewritten, rows now "not run"
+    assert table_line((out / "table1_ptb_char.md").read_text(), "Zoneout (z_c = 0.5, z_h = 0.05)")[1] == "not run"
+
+
+def test_make_table_refusal_is_one_line_and_exit_2(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(make_table, "ROOT", tmp_path)  # results/ under tmp_path; experiments/ copied there
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "table1_ptb_char.yaml").write_text((ROOT / "experiments" / "table1_ptb_char.yaml").read_text())
+    monkeypatch.setattr(sys, "argv", ["make_table.py", "table1_ptb_char", "--scale", "quick"])
+    assert make_table.main() == 0
+    capsys.readouterr()
+    monkeypatch.setenv("ZONEOUT_RUNS_DIR", str(tmp_path / "elsewhere"))
+    assert make_table.main() == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1 and "left as it is" in error
+
+
 def test_paper_scale_label(runs, tmp_path):
     make_table.build_table(make_table.load_table_spec("table1_ptb_char"), "paper", out_dir=tmp_path / "paper")
     markdown = (tmp_path / "paper" / "table1_ptb_char.md").read_text()
@@ -96,6 +158,16 @@ def test_replicate_runs_rows_with_an_experiment_only(runs, monkeypatch):
         expected.remove((f"experiment={finished[0]}", f"seed={finished[1]}"))  # finished already: skipped
     # Cited rows that have an experiment run too; rows without one (HyperLSTM, HM-LSTM) do not.
     assert launched == expected and ("experiment=ptb_char/recurrent_batchnorm", "seed=1") in launched
+
+
+def test_replicate_reports_a_refused_table(runs, monkeypatch, capsys):
+    monkeypatch.setattr(replicate.subprocess, "run", lambda command, cwd: type("Done", (), {"returncode": 0})())
+    def refuse(*args, **kwargs):
+        raise ValueError("results/quick/table1_ptb_char.md has results for 1 row(s) ...; left as it is")
+    monkeypatch.setattr(replicate, "build_table", refuse)
+    monkeypatch.setattr(sys, "argv", ["replicate.py", "table1_ptb_char", "--scale", "quick"])
+    assert replicate.main() == 1
+    assert capsys.readouterr().err.startswith("error: results/quick/table1_ptb_char.md has results")
 
 
 def test_compare_groups_seeds_and_finds_paper_rows(runs, tmp_path, capsys):
