@@ -7,6 +7,8 @@ SCALE ?= paper
 SEEDS ?= 0
 # Extra Hydra overrides for every row of a replicate target, e.g. OVERRIDES="trainer.threads=1 device=cuda".
 OVERRIDES ?=
+# How a replicate target runs its rows: sequential | joblib (Hydra joblib launcher, rows in parallel) | slurm.
+LAUNCHER ?= sequential
 # The shared data folder beside this checkout is used as a local mirror when it exists.
 SHARED_DATA := $(abspath $(wildcard ../shared/data))
 export ZONEOUT_DATA_MIRROR ?= $(SHARED_DATA)
@@ -57,7 +59,7 @@ replicate-pmnist: data  ## Table 2 permuted-MNIST rows, then the table
 replicate-fig3: data  ## Figure 3 (left): the zoneout probability grid on char-PTB
 replicate-gru-rnn: data  ## GRU and tanh-RNN with/without zoneout on char-PTB (numbers in the paper's text)
 $(addprefix replicate-,$(TABLES)): replicate-%:
-	$(BIN)/python scripts/replicate.py $(TABLE_$*) $(OVERRIDES) --scale $(SCALE) --seeds $(SEEDS)
+	$(BIN)/python scripts/replicate.py $(TABLE_$*) $(OVERRIDES) --scale $(SCALE) --seeds $(SEEDS) --launcher $(LAUNCHER)
 
 replicate-gradient-flow: data  ## Figure 6: per-timestep gradient norms after one pMNIST epoch -> results/<scale>/gradient_flow.png
 	$(BIN)/python scripts/gradient_flow.py --scale $(SCALE)
