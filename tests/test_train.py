@@ -207,6 +207,40 @@ def test_wandb_offline_run_folder_holds_config_and_metrics(data_dir, tmp_path, m
     assert summary["test"] == json.loads((tmp_path / "summary.json").read_text())["test"]
 
 
+class BrokenWandb:
+    """A stand-in `wandb` module whose run fails on its second log call, like a service dying mid-run."""
+
+    class Run:
+        def __init__(self):
+            self.logged, self.summary = [], {}
+
+        def log(self, record, step):
+            if self.logged:
+                raise OSError("wandb service went away")
+            self.logged.append(step)
+
+        def finish(self):
+            raise AssertionError("finish is not called once W&B has been switched off")
+
+    def __init__(self):
+        self.runs = []
+
+    def init(self, **kwargs):
+        self.runs.append(self.Run())
+        return self.runs[-1]
+
+
+def test_wandb_failing_mid_run_never_stops_training(data_dir, tmp_path, monkeypatch, capsys):
+    fake = BrokenWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    summary = train(tiny_cfg(data_dir, "logger=wandb", "trainer.max_epochs=3"), tmp_path)
+    assert summary["status"] == "finished" and fake.runs[0].logged == [1]  # epoch 2's log failed: W&B off
+    assert [m["epoch"] for m in read_metrics(tmp_path)] == [1, 2, 3]  # the run folder has every epoch
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning: W&B")]
+    assert warnings == ["warning: W&B disabled for this run (OSError: wandb service went away)"]
+
+
 def test_text8_row_trains_on_generated_text8(tmp_path, monkeypatch):
     """text8 is not available here: run its Table 1 zoneout row, shrunk, on text in text8's format."""
     from zoneout.data.download import DATASETS, DatasetSpec, FileSpec

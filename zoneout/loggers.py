@@ -43,7 +43,8 @@ class WandbLogger(RunFolderLogger):
     def __init__(self, run_dir: Path, history, logger_cfg, run_name: str, group: str, tags: list, config: dict):
         super().__init__(run_dir, history)
         self.run = None
-        try:
+
+        def start():
             import wandb  # only when this logger is chosen
 
             self.run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode,
@@ -51,23 +52,32 @@ class WandbLogger(RunFolderLogger):
                                   config=config, reinit="finish_previous")
             for record in self.history:  # a resumed run re-logs what it already had
                 self.run.log(record, step=record["epoch"])
-        except Exception as error:  # W&B never blocks a run: the run folder has every metric
+
+        self._call_wandb(start)
+
+    def _call_wandb(self, action) -> None:
+        """Run one W&B call; any failure (import, init, a full disk, a dead service) switches W&B off for
+        the rest of the run with one warning. W&B never blocks a run: the run folder has every metric."""
+        try:
+            action()
+        except Exception as error:
             print(f"warning: W&B disabled for this run ({type(error).__name__}: {error})", file=sys.stderr)
             self.run = None
 
     def log_epoch(self, record: dict) -> None:
         super().log_epoch(record)
         if self.run is not None:
-            self.run.log(record, step=record["epoch"])
+            self._call_wandb(lambda: self.run.log(record, step=record["epoch"]))
 
     def log_summary(self, summary: dict) -> None:
         super().log_summary(summary)
         if self.run is not None:
-            self.run.summary.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+            self._call_wandb(lambda: self.run.summary.update(
+                {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}))
 
     def finish(self) -> None:
         if self.run is not None:
-            self.run.finish()
+            self._call_wandb(self.run.finish)
             self.run = None
 
 
