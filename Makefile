@@ -61,8 +61,8 @@ replicate-gru-rnn: data  ## GRU and tanh-RNN with/without zoneout on char-PTB (n
 $(addprefix replicate-,$(TABLES)): replicate-%:
 	$(BIN)/python scripts/replicate.py $(TABLE_$*) $(OVERRIDES) --scale $(SCALE) --seeds $(SEEDS) --launcher $(LAUNCHER)
 
-replicate-gradient-flow: data  ## Figure 6: per-timestep gradient norms after one pMNIST epoch -> results/<scale>/gradient_flow.png
-	$(BIN)/python scripts/gradient_flow.py --scale $(SCALE)
+replicate-gradient-flow: data  ## Figure 6: per-timestep gradient norms after one pMNIST epoch (SEEDS="0 1 2") -> results/<scale>/gradient_flow.{png,md,json}
+	$(BIN)/python scripts/gradient_flow.py --scale $(SCALE) --seeds $(SEEDS)
 
 bench: install  ## fused vs reference vs nn.LSTM training-step benchmark -> results/bench_<device>.md
 	$(BIN)/python scripts/bench.py

@@ -1,13 +1,20 @@
 """Figure 6: how far back the gradient reaches through the cell after one epoch of pMNIST.
 
-    python scripts/gradient_flow.py [--scale quick|paper] [--steps N] [--hidden H] [--train-fraction F] [--pixels N]
+    python scripts/gradient_flow.py [--scale quick|paper] [--seeds 0 1 2] [--steps N] [--hidden H]
+                                    [--train-fraction F] [--pixels N] [--early N]
 
-Trains three 1-layer LSTMs for one epoch (configs/experiment/pmnist/gradflow_*.yaml): unregularized,
-zoneout z_c = 0.5, and dropout ON THE RECURRENT CELL p = 0.5 (c_t = m * c~_t, m ~ Bernoulli(1 - p): the
-dropout counterpart of zoneout on c, REPLICATION §2.5; only this script implements it). Then, on a fixed
-validation batch, it computes the mean over the batch of |dL/dc~_t| for every timestep t -- c~_t is the
-candidate cell before zoneout/dropout, where the original code added its zero "dummy" tensor -- normalises
-by the sum over t, and writes results/<scale>/gradient_flow.png (log y) and gradient_flow.json.
+Trains the three 1-layer LSTMs of experiments/fig6_gradient_flow.yaml for one epoch per seed
+(configs/experiment/pmnist/gradflow_*.yaml): unregularized, zoneout z_c = 0.5, and dropout ON THE
+RECURRENT CELL p = 0.5 (c_t = m * c~_t, m ~ Bernoulli(1 - p): the dropout counterpart of zoneout on c,
+REPLICATION §2.5; only this script implements it). Then, on a fixed validation batch, it computes the
+mean over the batch of |dL/dc~_t| for every timestep t -- c~_t is the candidate cell before
+zoneout/dropout, where the original code added its zero "dummy" tensor -- and normalises by the sum over t.
+
+One run says little: the gradient at t = 1 is a product of 784 Jacobians, so equivalent float
+arithmetic (another kernel, another thread count) moves it by orders of magnitude. Hence several
+seeds: the plot shows, per model, the geometric mean over seeds and the min-max band, and the
+paper's orderings (the spec's `claims`) are checked on the mean log10 normalised gradient over the
+first --early timesteps, with the seed noise. Writes results/<scale>/gradient_flow.{png,json,md}.
 The measurement uses training-mode noise by default (a fixed draw, the same seed for every model);
 --noise expectation uses the deterministic evaluation-mode expectation instead.
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,23 +32,22 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_table import save_figure  # noqa: E402
+from make_table import judge, load_table_spec, save_figure  # noqa: E402
 from zoneout.atomic import atomic_write_text  # noqa: E402
 from zoneout.nn.lstm import LSTM  # noqa: E402
 from zoneout.nn.noise import RecurrentNoise, bernoulli_mask, keep_or_update  # noqa: E402
 from zoneout.nn.reference import lstm_cell_step  # noqa: E402
 
-MODELS = {"unregularized": "pmnist/gradflow_unregularized", "zoneout": "pmnist/gradflow_zoneout",
-          "cell_dropout": "pmnist/gradflow_cell_dropout"}
-LABELS = {"unregularized": "Unregularized LSTM", "zoneout": "Zoneout (z_c = 0.5)",
-          "cell_dropout": "Dropout on the cell (p = 0.5)"}
+SPEC = load_table_spec("fig6_gradient_flow")
+MODELS = {row["name"]: row["experiment"] for row in SPEC["rows"]}
+LABELS = {row["name"]: row["label"] for row in SPEC["rows"]}
 NUM_PIXELS = 784
 
 
-def compose_config(experiment: str, args) -> "DictConfig":  # noqa: F821
+def compose_config(experiment: str, args, seed: int) -> "DictConfig":  # noqa: F821
     from hydra import compose, initialize_config_dir
 
-    overrides = [f"experiment={experiment}", f"scale={args.scale}", f"seed={args.seed}", "logger=csv"]
+    overrides = [f"experiment={experiment}", f"scale={args.scale}", f"seed={seed}", "logger=csv"]
     if args.hidden is not None:
         overrides.append(f"model.hidden_size={args.hidden}")
     if args.train_fraction is not None:
@@ -124,22 +131,78 @@ def train_one_epoch(cfg, model, train_split, permutation, max_steps, device, cel
     return {"steps": steps, "train_loss": loss_sum / max(steps, 1)}
 
 
-def plot(results: dict, title: str, path: Path) -> None:
+def plot(models: dict, title: str, path: Path) -> None:
+    """Per model: the geometric mean over seeds of the normalised gradient (a line) and its min-max band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for name, result in results.items():
-        values = result["normalized_grad_norm"]
-        axis.plot(range(1, len(values) + 1), values, label=LABELS[name])
+    for name, model in models.items():
+        per_seed = torch.tensor([run["normalized_grad_norm"] for run in model["runs"]], dtype=torch.float64)
+        steps = range(1, per_seed.shape[1] + 1)
+        line, = axis.plot(steps, 10 ** per_seed.log10().mean(0), label=f"{LABELS[name]} ({len(model['runs'])} seeds)")
+        if len(model["runs"]) > 1:
+            axis.fill_between(steps, per_seed.min(0).values, per_seed.max(0).values, color=line.get_color(), alpha=0.2)
     axis.set_yscale("log")
     axis.set_xlabel("timestep t")
     axis.set_ylabel("|dL/dc_t|, normalised over t")
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
     save_figure(figure, path)
+
+
+def early_log10(normalized: list[float], early: int) -> float:
+    """Mean log10 of the normalised gradient over the first `early` timesteps: how much reaches early steps."""
+    return torch.tensor(normalized[:early], dtype=torch.float64).clamp_min(1e-300).log10().mean().item()
+
+
+def check_claims(models: dict) -> list[dict]:
+    """The spec's claims "better carries more gradient to the early timesteps than `than`", on the per-seed
+    early_log10 values (judged like the tables' orderings, with the sign turned: higher is better here)."""
+    checked = []
+    for claim in SPEC.get("claims", []):
+        sides = [[run["early_log10"] for run in models[claim[key]]["runs"]] for key in ("better", "than")]
+        stats = [(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for v in sides]
+        delta = stats[0][0] - stats[1][0]
+        stderr, verdict = judge(-delta, stats[0][1:], stats[1][1:])
+        wins = sum(a > b for a, b in zip(*sides))
+        checked.append({"better": claim["better"], "than": claim["than"], "delta_log10": delta, "stderr": stderr,
+                        "verdict": verdict, "seeds_where_it_holds": f"{wins}/{min(len(v) for v in sides)}"})
+    return checked
+
+
+def render_markdown(report: dict) -> str:
+    scale = ("**QUICK SCALE — shrunk runs for a CPU, not the paper's scale.** Shrink: " + SPEC["quick_scale"]
+             if report["scale"] == "quick" else "Paper scale.")
+    early = report["early_steps"]
+    lines = [f"# {SPEC['title']}", "", scale, "",
+             f"Seeds {' '.join(map(str, report['seeds']))}; {report['device']}; commit {report['commit']}; "
+             f"{report['pixels']} pixels, {report['noise']} noise. early = mean log10 of the normalised |dL/dc_t| over "
+             f"t = 1..{early} (higher: more gradient reaches the early timesteps).", "",
+             "| model | early, mean ± std over seeds | normalised gradient at t = 1 (per seed) | one-epoch train loss | "
+             "valid-batch error |", "|---|---|---|---|---|"]
+    for name, model in report["models"].items():
+        runs = model["runs"]
+        values = [run["early_log10"] for run in runs]
+        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        at_first_step = ", ".join(f"{run['normalized_grad_norm'][0]:.2g}" for run in runs)
+        lines.append(f"| {LABELS[name]} | {statistics.fmean(values):.2f}{spread} | {at_first_step} | "
+                     f"{statistics.fmean(run['train_loss'] for run in runs):.4f} | "
+                     f"{statistics.fmean(run['valid_batch_error'] for run in runs):.3f} |")
+    claims = report["claims"]
+    held = sum(c["verdict"].startswith("holds") for c in claims)
+    lines += ["", "## The paper's Figure 6 orderings, checked on our runs", "",
+              f"{held} of {len(claims)} hold. Δ = early(first) − early(second) in orders of magnitude, ± its standard "
+              "error over seeds; within seed noise: |Δ| < 2 standard errors.", "",
+              "| carries more gradient to early timesteps | Δ early (log10) | seeds where it holds | verdict |",
+              "|---|---|---|---|"]
+    for c in claims:
+        stderr = f" ± {c['stderr']:.2f}" if c["stderr"] is not None else ""
+        lines.append(f"| {LABELS[c['better']]} > {LABELS[c['than']]} | {c['delta_log10']:+.2f}{stderr} | "
+                     f"{c['seeds_where_it_holds']} | {c['verdict']} |")
+    return "\n".join(lines) + "\n"
 
 
 def check_args(args) -> None:
@@ -151,6 +214,10 @@ def check_args(args) -> None:
         raise ValueError(f"--train-fraction={args.train_fraction}: must be in (0, 1]")
     if not 1 <= args.pixels <= NUM_PIXELS:
         raise ValueError(f"--pixels={args.pixels}: must be between 1 and {NUM_PIXELS}")
+    if args.early < 1:
+        raise ValueError(f"--early={args.early}: must be a positive integer")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds={' '.join(map(str, args.seeds))}: each seed once")
     if not 1 <= args.valid_batch <= 10_000:
         raise ValueError(f"--valid-batch={args.valid_batch}: must be between 1 and 10000 (the validation split)")
 
@@ -161,8 +228,7 @@ def run(args) -> dict:
     from zoneout.train import describe_device, git_commit
 
     check_args(args)
-    configs = {name: compose_config(experiment, args) for name, experiment in MODELS.items()}
-    first = configs["unregularized"]
+    first = compose_config(MODELS["unregularized"], args, args.seeds[0])
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     data = mnist.load_pmnist(first.dataset.data_dir, first.dataset.mirror)
@@ -173,36 +239,47 @@ def run(args) -> dict:
     valid_images, valid_labels = data["valid"]
     valid_pixels = (valid_images[:args.valid_batch][:, permutation].float() / 255.0).to(device)
     valid_labels = valid_labels[:args.valid_batch].to(device)
+    early = min(args.early, args.pixels)
 
-    results = {}
-    for name, cfg in configs.items():
-        cell_dropout = float(cfg.regularizer.get("cell_dropout", 0.0))
-        torch.manual_seed(cfg.seed)  # same initial weights for the three models
-        model = build_model(cfg.model, cfg.regularizer, None, 10, args.pixels).to(device)
-        training = train_one_epoch(cfg, model, (images[:keep], labels[:keep]), permutation, args.steps, device, cell_dropout)
-        norms = cell_gradient_norms(model, valid_pixels, valid_labels, cell_dropout, args.noise == "train", cfg.seed + 1)
-        model.eval()
-        with torch.no_grad():
-            error = (unrolled_forward(model, valid_pixels, cell_dropout)[0].argmax(-1) != valid_labels).float().mean().item()
-        results[name] = {"experiment": MODELS[name], "zoneout_cell": float(cfg.regularizer.zoneout_cell),
-                         "cell_dropout": cell_dropout, **training, "valid_batch_error": error,
-                         "grad_norm": norms.tolist(), "normalized_grad_norm": (norms / norms.sum()).tolist()}
-        print(f"{name}: {training['steps']} steps, train loss {training['train_loss']:.4f}, "
-              f"|dL/dc_1| / sum = {results[name]['normalized_grad_norm'][0]:.3g}", file=sys.stderr)
+    models = {name: {"experiment": experiment, "runs": []} for name, experiment in MODELS.items()}
+    for seed in args.seeds:
+        for name, experiment in MODELS.items():
+            cfg = compose_config(experiment, args, seed)
+            cell_dropout = float(cfg.regularizer.get("cell_dropout", 0.0))
+            models[name].update(zoneout_cell=float(cfg.regularizer.zoneout_cell), cell_dropout=cell_dropout)
+            torch.manual_seed(seed)  # same initial weights for the three models of a seed
+            model = build_model(cfg.model, cfg.regularizer, None, 10, args.pixels).to(device)
+            training = train_one_epoch(cfg, model, (images[:keep], labels[:keep]), permutation, args.steps, device,
+                                       cell_dropout)
+            norms = cell_gradient_norms(model, valid_pixels, valid_labels, cell_dropout, args.noise == "train", seed + 1)
+            model.eval()
+            with torch.no_grad():
+                error = (unrolled_forward(model, valid_pixels, cell_dropout)[0].argmax(-1) != valid_labels).float().mean().item()
+            normalized = (norms / norms.sum()).tolist()
+            result = {"seed": seed, **training, "valid_batch_error": error, "grad_norm": norms.tolist(),
+                      "normalized_grad_norm": normalized, "early_log10": early_log10(normalized, early)}
+            models[name]["runs"].append(result)
+            print(f"seed {seed} {name}: {training['steps']} steps, train loss {training['train_loss']:.4f}, "
+                  f"|dL/dc_1| / sum = {normalized[0]:.3g}, early (log10) {result['early_log10']:.2f}", file=sys.stderr)
 
     out_dir = Path(args.out_dir) if args.out_dir else ROOT / "results" / args.scale
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"figure": "fig6_gradient_flow", "scale": args.scale, "device": describe_device(device),
-              "seed": args.seed, "commit": git_commit(), "hidden_size": int(first.model.hidden_size),
+              "seeds": args.seeds, "commit": git_commit(), "hidden_size": int(first.model.hidden_size),
               "train_fraction": float(first.dataset.train_fraction), "max_steps": args.steps, "pixels": args.pixels,
-              "valid_batch": args.valid_batch, "noise": args.noise,
-              "steps": {name: r["steps"] for name, r in results.items()}, "models": results}
+              "valid_batch": args.valid_batch, "noise": args.noise, "early_steps": early,
+              "steps": {name: model["runs"][0]["steps"] for name, model in models.items()}, "models": models,
+              "claims": check_claims(models)}
+    markdown = render_markdown(report)
     atomic_write_text(out_dir / "gradient_flow.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / "gradient_flow.md", markdown)
     scale_note = "QUICK SCALE (shrunk), " if args.scale == "quick" else ""
     title = (f"Figure 6: gradient flow after one epoch of pMNIST\n{scale_note}{report['hidden_size']} units, "
-             f"{max(report['steps'].values())} steps, {args.pixels} pixels, {args.noise} noise")
-    plot(results, title, out_dir / "gradient_flow.png")
-    print(f"wrote {out_dir / 'gradient_flow.png'} and {out_dir / 'gradient_flow.json'}", file=sys.stderr)
+             f"{max(report['steps'].values())} steps, {args.pixels} pixels, {args.noise} noise, "
+             f"seeds {' '.join(map(str, args.seeds))} (line: geometric mean, band: min-max)")
+    plot(models, title, out_dir / "gradient_flow.png")
+    print(markdown)
+    print(f"wrote {out_dir / 'gradient_flow.png'}, .json and .md", file=sys.stderr)
     return report
 
 
@@ -215,7 +292,8 @@ def parse_args(argv=None):
     parser.add_argument("--pixels", type=int, default=NUM_PIXELS, help="first N pixels of the permuted order")
     parser.add_argument("--valid-batch", type=int, default=100, help="size of the fixed validation batch")
     parser.add_argument("--noise", default="train", choices=["train", "expectation"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per model and seed")
+    parser.add_argument("--early", type=int, default=100, help="timesteps the claims average over (from t = 1)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--data-dir", default=None, help="default: $ZONEOUT_DATA_DIR or ./data")
     parser.add_argument("--mirror", default=None, help="a shared/data-like folder to copy from")

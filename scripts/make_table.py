@@ -96,16 +96,20 @@ def check_claims(spec: dict, entries: dict[str, dict]) -> list[dict]:
         if better["n_seeds"] and than["n_seeds"]:
             result["ours_better"], result["ours_than"] = better[f"{split}_mean"], than[f"{split}_mean"]
             result["delta"] = result["ours_better"] - result["ours_than"]
-            verdict = "holds" if result["delta"] < 0 else "does not hold"
-            if better["n_seeds"] > 1 and than["n_seeds"] > 1:
-                result["stderr"] = math.sqrt(better[f"{split}_std"] ** 2 / better["n_seeds"] +
-                                             than[f"{split}_std"] ** 2 / than["n_seeds"])
-                verdict += " (within seed noise)" if abs(result["delta"]) < 2 * result["stderr"] else ""
-            else:
-                verdict += " (1 seed: noise unknown)"
-            result["verdict"] = verdict
+            result["stderr"], result["verdict"] = judge(result["delta"], (better[f"{split}_std"], better["n_seeds"]),
+                                                        (than[f"{split}_std"], than["n_seeds"]))
         checked.append(result)
     return checked
+
+
+def judge(delta: float, first: tuple[float, int], second: tuple[float, int]) -> tuple[float | None, str]:
+    """A claim "first < second" given delta = mean(first) - mean(second) and each side's (std, seeds):
+    the standard error of delta (None with a single seed on either side) and the verdict."""
+    verdict = "holds" if delta < 0 else "does not hold"
+    if first[1] < 2 or second[1] < 2:
+        return None, verdict + " (1 seed: noise unknown)"
+    stderr = math.sqrt(first[0] ** 2 / first[1] + second[0] ** 2 / second[1])
+    return stderr, verdict + (" (within seed noise)" if abs(delta) < 2 * stderr else "")
 
 
 def render_claims(claims: list[dict], digits: int) -> str:

@@ -255,6 +255,8 @@ CLAIMS = {
     "fig3_zoneout_grid": [f"zc050_zh005<{other}" for other in ("zh050", "zc050", "zh005", "zc005", "zc050_zh050", "zc005_zh005")],
 }
 CLAIMS["table1_text8"] = CLAIMS["table1_ptb_char"]
+# Figure 6 (checked by scripts/gradient_flow.py): "better" = more gradient reaches the early timesteps.
+CLAIMS["fig6_gradient_flow"] = ["zoneout<cell_dropout", "zoneout<unregularized"]
 
 
 @pytest.mark.parametrize("table", TABLES)

@@ -217,28 +217,53 @@ def gradient_flow_report(shared_data, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("gradient_flow")
     data_dir = tmp_path_factory.mktemp("mnist_data")
     status = gradient_flow.main(["--scale", "quick", "--hidden", "8", "--steps", str(STEPS), "--pixels", str(PIXELS),
-                                 "--valid-batch", "32", "--device", "cpu", "--data-dir", str(data_dir),
-                                 "--mirror", str(shared_data), "--out-dir", str(out_dir)])
+                                 "--valid-batch", "32", "--device", "cpu", "--data-dir", str(data_dir), "--seeds", "0", "1",
+                                 "--early", "10", "--mirror", str(shared_data), "--out-dir", str(out_dir)])
     assert status == 0
     return json.loads((out_dir / "gradient_flow.json").read_text()), out_dir
 
 
-def test_gradient_flow_normalised_per_model(gradient_flow_report):
+def test_gradient_flow_normalised_per_model_and_seed(gradient_flow_report):
     report, out_dir = gradient_flow_report
     assert set(report["models"]) == {"unregularized", "zoneout", "cell_dropout"}
     assert report["scale"] == "quick" and report["hidden_size"] == 8 and report["pixels"] == PIXELS
-    assert report["steps"] == {name: STEPS for name in report["models"]} and report["seed"] == 0
-    assert report["device"].startswith("cpu") and report["commit"]
-    for name, result in report["models"].items():
-        raw, normalized = torch.tensor(result["grad_norm"]), torch.tensor(result["normalized_grad_norm"])
-        assert len(normalized) == PIXELS and (normalized >= 0).all()
-        assert normalized.sum().item() == pytest.approx(1.0, abs=1e-6)
-        assert torch.allclose(normalized, raw / raw.sum(), atol=1e-9)
+    assert report["steps"] == {name: STEPS for name in report["models"]} and report["seeds"] == [0, 1]
+    assert report["device"].startswith("cpu") and report["commit"] and report["early_steps"] == 10
+    for name, model in report["models"].items():
+        assert [run["seed"] for run in model["runs"]] == [0, 1]
+        for run in model["runs"]:
+            raw, normalized = torch.tensor(run["grad_norm"]), torch.tensor(run["normalized_grad_norm"])
+            assert len(normalized) == PIXELS and (normalized >= 0).all() and run["steps"] == STEPS
+            assert normalized.sum().item() == pytest.approx(1.0, abs=1e-6)
+            assert torch.allclose(normalized, raw / raw.sum(), atol=1e-9)
+            assert run["early_log10"] == pytest.approx(normalized[:10].double().log10().mean().item())
+        # Another seed: other initial weights, data order and noise, so another gradient.
+        assert model["runs"][0]["grad_norm"] != model["runs"][1]["grad_norm"]
     assert report["models"]["zoneout"]["zoneout_cell"] == 0.5 and report["models"]["cell_dropout"]["cell_dropout"] == 0.5
     # The paper's point (Figure 6): through zoneout the gradient reaches the first steps; through a dropped cell it vanishes.
-    first = {name: r["normalized_grad_norm"][0] for name, r in report["models"].items()}
-    assert first["zoneout"] > 100 * first["cell_dropout"]
+    for seed in (0, 1):
+        first = {name: model["runs"][seed]["normalized_grad_norm"][0] for name, model in report["models"].items()}
+        assert first["zoneout"] > 100 * first["cell_dropout"]
     assert (out_dir / "gradient_flow.png").stat().st_size > 0
+
+
+def test_gradient_flow_checks_the_papers_orderings_over_seeds(gradient_flow_report):
+    report, out_dir = gradient_flow_report
+    early = {name: [run["early_log10"] for run in model["runs"]] for name, model in report["models"].items()}
+    claims = {(c["better"], c["than"]): c for c in report["claims"]}
+    assert set(claims) == {("zoneout", "cell_dropout"), ("zoneout", "unregularized")}
+    for (better, than), claim in claims.items():
+        delta = statistics.mean(early[better]) - statistics.mean(early[than])
+        stderr = math.sqrt(statistics.variance(early[better]) / 2 + statistics.variance(early[than]) / 2)
+        assert claim["delta_log10"] == pytest.approx(delta) and claim["stderr"] == pytest.approx(stderr)
+        assert claim["verdict"].startswith("holds" if delta > 0 else "does not hold")
+        assert claim["seeds_where_it_holds"] == f"{sum(a > b for a, b in zip(early[better], early[than]))}/2"
+    assert claims[("zoneout", "cell_dropout")]["verdict"] == "holds"  # many orders of magnitude, both seeds
+    markdown = (out_dir / "gradient_flow.md").read_text()
+    assert "QUICK SCALE" in markdown and "Seeds 0 1;" in markdown
+    row = table_line(markdown, "Zoneout (z_c = 0.5) > Dropout on the recurrent cell (p = 0.5)")
+    assert row[1:] == [f"{claims[('zoneout', 'cell_dropout')]['delta_log10']:+.2f} ± "
+                       f"{claims[('zoneout', 'cell_dropout')]['stderr']:.2f}", "2/2", "holds"]
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -263,10 +288,12 @@ def test_unrolled_loop_is_the_models_forward(training):
     assert torch.allclose(logits, expected, atol=1e-5) and len(candidates) == 12
 
 
-def test_gradient_flow_bad_arguments_fail_in_one_line(capsys):
-    assert gradient_flow.main(["--pixels", "0"]) == 2
-    error = capsys.readouterr().err
-    assert error == "error: --pixels=0: must be between 1 and 784\n"
+@pytest.mark.parametrize("args, message", [(["--pixels", "0"], "--pixels=0: must be between 1 and 784"),
+                                           (["--seeds", "1", "1"], "--seeds=1 1: each seed once"),
+                                           (["--early", "0"], "--early=0: must be a positive integer")])
+def test_gradient_flow_bad_arguments_fail_in_one_line(capsys, args, message):
+    assert gradient_flow.main(args) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
 
 
 def test_make_table_takes_the_newest_run_of_a_seed_found_twice(tmp_path, monkeypatch, capsys):
