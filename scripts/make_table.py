@@ -77,8 +77,7 @@ def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tupl
                       "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
         for summary, run_dir in runs:
             metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l]
-            curves.append((f"{row['label']} (seed {summary['seed']})",
-                           [m["epoch"] for m in metrics], [m[f"valid_{metric}"] for m in metrics]))
+            curves.append((row["label"], [m["epoch"] for m in metrics], [m[f"valid_{metric}"] for m in metrics]))
     return entry, curves
 
 
@@ -203,18 +202,33 @@ def render_csv(rows: list[dict]) -> str:
 
 
 def plot_curves(spec: dict, scale: str, curves: list, path: Path) -> None:
+    """Validation curves, one colour per row: each seed a faint line, their mean per epoch a bold one."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    by_row: dict[str, list] = {}
     for label, epochs, values in curves:
-        axis.plot(epochs, values, marker="o", markersize=3, label=label)
+        by_row.setdefault(label, []).append(dict(zip(epochs, values)))
+    colours = plt.get_cmap("tab10" if len(by_row) <= 10 else "tab20").colors
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    for index, (label, seeds) in enumerate(by_row.items()):
+        colour = colours[index % len(colours)]
+        if len(seeds) > 1:
+            for seed in seeds:
+                axis.plot(list(seed), list(seed.values()), color=colour, alpha=0.3, linewidth=0.8)
+        epochs = sorted({epoch for seed in seeds for epoch in seed})  # a seed that stopped early drops out
+        mean = [statistics.fmean(seed[e] for seed in seeds if e in seed) for e in epochs]
+        name = textwrap.fill(label, 45) + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else "")
+        axis.plot(epochs, mean, color=colour, marker="o", markersize=3, linewidth=1.8, label=name)
     axis.set_xlabel("epoch")
+    axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_ylabel(f"validation {spec['metric']}")
-    axis.set_title(f"{spec['title']} — {scale} scale", fontsize=9)
-    axis.legend(fontsize=7)
+    axis.set_title(f"{spec['title']} — {scale} scale (bold: mean over seeds)", fontsize=9)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     save_figure(figure, path)
 
 
