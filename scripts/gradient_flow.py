@@ -146,6 +146,7 @@ def plot(models: dict, title: str, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name, model in models.items():
         per_seed = torch.tensor([run["normalized_grad_norm"] for run in model["runs"]], dtype=torch.float64)
+        per_seed = per_seed.clamp_min(torch.finfo(torch.float64).tiny)  # an underflowed 0 has no logarithm
         steps = range(1, per_seed.shape[1] + 1)
         line, = axis.plot(steps, 10 ** per_seed.log10().mean(0), label=f"{LABELS[name]} ({len(model['runs'])} seeds)")
         if len(model["runs"]) > 1:
