@@ -172,6 +172,9 @@ def test_quick_scale_shrinks_the_row(name):
     assert quick.model.hidden_size == shrink.hidden_size <= paper.model.hidden_size
     assert quick.trainer.max_epochs == shrink.max_epochs and quick.trainer.patience == shrink.patience
     assert quick.dataset.train_fraction == shrink.train_fraction < paper.dataset.train_fraction
+    # Validation batches per epoch: capped only where the dataset's quick block says so (text8); never at paper scale.
+    assert paper.trainer.eval_max_batches is None and quick.trainer.eval_max_batches == shrink.get("eval_max_batches")
+    assert (quick.trainer.eval_max_batches is not None) == (paper.dataset.name == "text8")
     assert quick.model.hidden_size < paper.model.hidden_size or quick.trainer.max_epochs < paper.trainer.max_epochs
     if paper.model.input == "embedding":
         assert quick.model.embedding_size == quick.model.hidden_size  # Zaremba: embedding size = hidden size
