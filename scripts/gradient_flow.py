@@ -140,15 +140,13 @@ def plot(models: dict, title: str, path: Path) -> None:
     """Per model: the geometric mean over seeds of the normalised gradient (a line) and its min-max band.
     Left all models; right a zoom on all but the one with the least early gradient (cell dropout's tens of
     orders of magnitude would otherwise flatten the others)."""
-    import statistics as stats
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    least = min(models, key=lambda name: stats.fmean(run["early_log10"] for run in models[name]["runs"]))
+    least = min(models, key=lambda name: statistics.fmean(run["early_log10"] for run in models[name]["runs"]))
     for axis, shown in zip(axes, (list(models), [name for name in models if name != least or len(models) == 1])):
         for index, name in enumerate(models):
             if name not in shown:

@@ -5,7 +5,8 @@
 Each row: our mean ± std over seeds (valid and test, best-validation checkpoint), the paper's figure,
 the difference, epochs run, and the scale, device, seeds and commit that produced it. Rows without
 finished runs are listed as "not run". Below the table, each of the paper's orderings listed in the
-spec's `claims` is checked against our means (holds or not, and whether within seed noise). The .png has one validation-metric curve per row and seed.
+spec's `claims` is checked against our means (holds or not, and whether within seed noise). The .png
+has the validation curves, one colour per row: each seed faint, their mean bold.
 """
 from __future__ import annotations
 
