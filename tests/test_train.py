@@ -95,9 +95,10 @@ def test_sigkill_then_resume_matches_uninterrupted(data_dir, tmp_path):
     subprocess.run([*args, "name=killed", "trainer.resume=true"], env=env, check=True, capture_output=True)
     full = json.loads((tmp_path / "runs/paper/full/seed0/summary.json").read_text())
     resumed = json.loads((killed_dir / "summary.json").read_text())
-    # Two processes agree to float32 rounding, not always bit for bit: on some Intel CPUs MKL's GEMMs
-    # vary in the last bits from process to process (CI saw a 4e-9 relative difference). A real resume
-    # bug is far larger: not restoring the RNG state moves the test BPC by 5e-4 relative here.
+    # Two processes agree to float32 rounding, not always bit for bit: CI's Intel CPU once gave a 4e-9
+    # relative difference (most likely MKL, whose GEMM results may vary with memory alignment unless
+    # MKL_CBWR is set). A real resume bug is far larger: not restoring the RNG state moves the test BPC
+    # by 5e-4 relative.
     close = lambda a, b: a == pytest.approx(b, rel=1e-6, abs=0)
     assert close(resumed["test"], full["test"]) and close(resumed["best_valid"], full["best_valid"])
     assert resumed["best_epoch"] == full["best_epoch"] and resumed["epochs_run"] == full["epochs_run"]
