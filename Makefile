@@ -7,6 +7,8 @@ SCALE ?= paper
 SEEDS ?= 0
 # Extra Hydra overrides for every row of a replicate target, e.g. OVERRIDES="trainer.threads=1 device=cuda".
 OVERRIDES ?=
+# Only these rows of the table (their names in experiments/<table>.yaml), e.g. ROWS="unregularized zoneout".
+ROWS ?=
 # How a replicate target runs its rows: sequential | joblib (Hydra joblib launcher, rows in parallel) | slurm.
 LAUNCHER ?= sequential
 # The shared data folder beside this checkout is used as a local mirror when it exists.
@@ -22,7 +24,7 @@ TABLE_fig3 := fig3_zoneout_grid
 TABLE_gru-rnn := text_gru_rnn
 TABLES := ptb-char ptb-word text8 pmnist fig3 gru-rnn
 
-.PHONY: help install data data-text8 test test-fast smoke bench replicate-gradient-flow $(addprefix replicate-,$(TABLES)) clean
+.PHONY: evidence help install data data-text8 test test-fast smoke bench replicate-gradient-flow $(addprefix replicate-,$(TABLES)) clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
@@ -52,6 +54,10 @@ smoke: data  ## a char-PTB zoneout run of a few hundred CPU steps that prints BP
 data-text8: install  ## download text8 (not in the mirror; needs mattmahoney.net)
 	$(BIN)/python scripts/fetch_data.py --dataset text8
 
+evidence: data  ## the main job: char-PTB at SCALE=small, unregularized vs zoneout, 3 seeds, 2 rows at a time -> results/small/
+	$(MAKE) replicate-ptb-char SCALE=small SEEDS="0 1 2" ROWS="unregularized zoneout" LAUNCHER=joblib \
+		OVERRIDES="trainer.threads=1 trainer.progress=false $(OVERRIDES)"
+
 replicate-ptb-char: data  ## Table 1 char-PTB rows (SCALE=quick|paper, SEEDS="0 1 2", OVERRIDES="k=v ..."), then the table
 replicate-ptb-word: data  ## Table 1 word-PTB rows (Zaremba large +/- zoneout), then the table
 replicate-text8: data-text8  ## Table 1 text8 rows, then the table
@@ -59,7 +65,8 @@ replicate-pmnist: data  ## Table 2 permuted-MNIST rows, then the table
 replicate-fig3: data  ## Figure 3 (left): the zoneout probability grid on char-PTB
 replicate-gru-rnn: data  ## GRU and tanh-RNN with/without zoneout on char-PTB (numbers in the paper's text)
 $(addprefix replicate-,$(TABLES)): replicate-%:
-	$(BIN)/python scripts/replicate.py $(TABLE_$*) $(OVERRIDES) --scale $(SCALE) --seeds $(SEEDS) --launcher $(LAUNCHER)
+	$(BIN)/python scripts/replicate.py $(TABLE_$*) $(OVERRIDES) --scale $(SCALE) --seeds $(SEEDS) --launcher $(LAUNCHER) \
+		$(if $(strip $(ROWS)),--rows $(ROWS))
 
 replicate-gradient-flow: data  ## Figure 6: per-timestep gradient norms after one pMNIST epoch (SEEDS="0 1 2") -> results/<scale>/gradient_flow.{png,md,json}
 	$(BIN)/python scripts/gradient_flow.py --scale $(SCALE) --seeds $(SEEDS)

@@ -31,6 +31,11 @@ def runs_root() -> Path:
     return Path(os.environ.get("ZONEOUT_RUNS_DIR", ROOT / "runs"))
 
 
+def scales() -> list[str]:
+    """The scales configs/scale/ defines (paper, quick, small, ...)."""
+    return sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "scale").glob("*.yaml"))
+
+
 def load_table_spec(table: str) -> dict:
     path = ROOT / "experiments" / f"{table}.yaml"
     if not path.exists():
@@ -39,20 +44,45 @@ def load_table_spec(table: str) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def find_runs(scale: str, experiment: str) -> list[tuple[dict, Path]]:
-    """Finished runs of one row at one scale, wherever they were written (plain runs or multiruns)."""
+# What a table keeps of each run, committed under results/<scale>/runs/<experiment>/seed<N>/ so the table
+# (and its curves) can be rebuilt and extended in a checkout that no longer has the run folders.
+KEPT_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
+
+
+def kept_runs_dir(scale: str, out_dir: Path | None = None) -> Path:
+    return (out_dir or ROOT / "results" / scale) / "runs"
+
+
+def find_runs(scale: str, experiment: str, out_dir: Path | None = None) -> list[tuple[dict, Path]]:
+    """Finished runs of one row at one scale, wherever they were written (plain runs, multiruns, or the
+    copies a table keeps in results/); one per seed, the newest."""
     found = []
-    for summary_path in sorted(runs_root().rglob("summary.json")):
-        summary = json.loads(summary_path.read_text())
-        if summary.get("name") == experiment and summary.get("scale") == scale and summary.get("status") == "finished":
-            found.append((summary, summary_path.parent))
+    for root in (runs_root(), kept_runs_dir(scale, out_dir)):
+        for summary_path in sorted(root.rglob("summary.json")) if root.is_dir() else []:
+            summary = json.loads(summary_path.read_text())
+            if summary.get("name") == experiment and summary.get("scale") == scale and summary.get("status") == "finished":
+                found.append((summary, summary_path.parent))
     unique = {}
     for summary, folder in sorted(found, key=lambda run: (run[1] / "summary.json").stat().st_mtime):
-        if summary["seed"] in unique:
-            print(f"note: {experiment} seed {summary['seed']} ({scale}) also in {unique[summary['seed']][1]}; "
+        seen = unique.get(summary["seed"])
+        if seen and seen[0] != summary:  # a kept copy of the same run is no news
+            print(f"note: {experiment} seed {summary['seed']} ({scale}) also in {seen[1]}; "
                   f"using the newest, {folder}", file=sys.stderr)
-        unique[summary["seed"]] = (summary, folder)  # one run per seed: the newest
+        if not seen or seen[0] != summary or kept_runs_dir(scale, out_dir) not in folder.parents:
+            unique[summary["seed"]] = (summary, folder)  # prefer the live run folder over its kept copy
     return [unique[k] for k in sorted(unique)]
+
+
+def keep_runs(runs: list[tuple[dict, Path]], experiment: str, kept: Path) -> None:
+    """Copy each run's small files (no checkpoints) into results/<scale>/runs/."""
+    for summary, folder in runs:
+        target = kept / experiment / f"seed{summary['seed']}"
+        if folder == target:
+            continue
+        for name in KEPT_FILES:
+            if (folder / name).exists():
+                target.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(target / name, (folder / name).read_text())
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -146,11 +176,12 @@ def rows_it_would_lose(existing_csv: Path, rows: list[dict]) -> list[str]:
 def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path | None = None,
                 force: bool = False) -> list[dict]:
     digits = 1 if spec["metric"] == "perplexity" else 3
-    rows, curves, by_name = [], [], {}
+    rows, curves, by_name, found = [], [], {}, []
     for row in spec["rows"]:
         # A row without an experiment (e.g. a cited HyperLSTM figure) has nothing of ours to run.
-        runs = find_runs(scale, row["experiment"]) if row.get("experiment") else []
+        runs = find_runs(scale, row["experiment"], out_dir) if row.get("experiment") else []
         entry, row_curves = summarize_row(row, runs, spec["metric"])
+        found.append((row, runs))
         rows.append(entry)
         by_name[row["name"]] = entry
         curves.extend(row_curves)
@@ -160,6 +191,8 @@ def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path
         raise ValueError(f"{out_dir / spec['table']}.md has results for {len(lost)} row(s) with no finished run under "
                          f"{runs_root()} (e.g. {lost[0]}); left as it is (point ZONEOUT_RUNS_DIR at the runs, or --force)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for row, runs in found:
+        keep_runs(runs, row["experiment"], kept_runs_dir(scale, out_dir))
     markdown = render_markdown(spec, scale, rows, digits) + render_claims(check_claims(spec, by_name), digits)
     atomic_write_text(out_dir / f"{spec['table']}.md", markdown)
     atomic_write_text(out_dir / f"{spec['table']}.csv", render_csv(rows))
@@ -170,9 +203,17 @@ def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path
     return rows
 
 
+SCALE_NOTES = {
+    "quick": "**QUICK SCALE — shrunk runs that check the pipeline on a CPU; every model underfits, so no "
+             "regularizer can help: not evidence for or against the paper.**",
+    "small": "**SMALL SCALE — the evidence scale for a CPU: smaller models on less data, where the unregularized "
+             "LSTM overfits; the paper's orderings can hold or fail here, its values cannot be matched.**",
+}
+
+
 def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> str:
-    scale_note = ("**QUICK SCALE — shrunk runs for a CPU, not the paper's scale; compare orderings, not values.** "
-                  f"Shrink: {spec.get('quick_scale', 'see configs/dataset/*.yaml')}" if scale == "quick" else "Paper scale.")
+    scale_note = "Paper scale." if scale == "paper" else SCALE_NOTES.get(scale, f"**{scale.upper()} SCALE — not the paper's scale.**") + \
+        f" Shrink: {spec.get(f'{scale}_scale', 'see configs/dataset/*.yaml')}"
     lines = [f"# {spec['title']}", "", scale_note, "",
              f"Ours: best-validation checkpoint, mean ± std over seeds. Paper: {spec['source']}.", "",
              "| row | ours valid | ours test | paper valid | paper test | Δ test (ours − paper) | epochs | seeds | device | commit |",
@@ -247,7 +288,7 @@ def save_figure(figure, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table")
-    parser.add_argument("--scale", default="paper", choices=["paper", "quick"])
+    parser.add_argument("--scale", default="paper", choices=scales())
     parser.add_argument("--force", action="store_true", help="rewrite the table even if rows with results lose them")
     args = parser.parse_args()
     try:

@@ -4,7 +4,7 @@
 
 Rows run one after another in subprocesses (or as one Hydra multirun with --launcher), each into
 runs/<scale>/<experiment>/seed<seed>; a row whose run folder already has a finished summary is skipped
-unless --force. A failed row does not stop the others; the exit status says whether all succeeded.
+unless --force, and an interrupted one resumes from its last.pt. --rows runs a subset of the rows. A failed row does not stop the others; the exit status says whether all succeeded.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_table import build_table, load_table_spec, runs_root  # noqa: E402
+from make_table import build_table, load_table_spec, runs_root, scales  # noqa: E402
 
 
 def finished(scale: str, experiment: str, seed: int) -> bool:
@@ -27,10 +27,12 @@ def finished(scale: str, experiment: str, seed: int) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", help="a file name in experiments/ without .yaml, e.g. table1_ptb_char")
-    parser.add_argument("--scale", default="paper", choices=["paper", "quick"])
+    parser.add_argument("--scale", default="paper", choices=scales())
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--launcher", choices=["sequential", "joblib", "slurm"], default="sequential")
     parser.add_argument("--logger", default="wandb", choices=["wandb", "csv"])
+    parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                        help="run only these rows (their `name` in the table spec); the table is still built whole")
     parser.add_argument("--force", action="store_true", help="rerun rows that already finished")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every row")
     args = parser.parse_args()
@@ -42,7 +44,16 @@ def main() -> int:
     if spec.get("script"):
         print(f"error: table {args.table} is made by {spec['script']}; run that script", file=sys.stderr)
         return 2
-    base = [f"scale={args.scale}", f"logger={args.logger}", *args.overrides]
+    if args.rows:
+        known = [row["name"] for row in spec["rows"] if row.get("experiment")]
+        unknown = [name for name in args.rows if name not in known]
+        if unknown:
+            print(f"error: --rows {unknown[0]!r} is not a row of {args.table}; allowed: {', '.join(known)}", file=sys.stderr)
+            return 2
+        spec = {**spec, "rows": [row for row in spec["rows"] if row["name"] in args.rows]}
+    table_spec = load_table_spec(args.table)  # the table is built from every row that has runs
+    # trainer.resume: an interrupted row continues from its last.pt, a finished one is skipped (any launcher).
+    base = [f"scale={args.scale}", f"logger={args.logger}", "trainer.resume=true", *args.overrides]
     failures = []
     if args.launcher == "sequential":
         for row in spec["rows"]:
@@ -70,7 +81,7 @@ def main() -> int:
         print(f"error: {len(failures)} run(s) failed: {', '.join(failures)}", file=sys.stderr)
         status = 1
     try:
-        build_table(spec, args.scale, print_table=True)
+        build_table(table_spec, args.scale, print_table=True)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         status = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import math
 import statistics
 import sys
@@ -111,15 +112,24 @@ def test_table_checks_the_papers_orderings(runs, tmp_path):
     assert table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05) < Weight noise (σ = 0.075)")[4] == "not run"
 
 
-def test_rebuilding_a_table_without_its_runs_keeps_the_results(runs, tmp_path, monkeypatch, capsys):
+def test_a_table_keeps_its_runs_and_rebuilds_from_them_in_a_fresh_clone(runs, tmp_path, monkeypatch, capsys):
     spec = make_table.load_table_spec("table1_ptb_char")
     out = tmp_path / "out"
     make_table.build_table(spec, "quick", out_dir=out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    kept = out / "runs" / "ptb_char" / "zoneout"
+    assert sorted(p.name for p in kept.iterdir()) == ["seed0", "seed1", "seed2"]
+    assert sorted(p.name for p in (kept / "seed0").iterdir()) == ["metrics.jsonl", "summary.json"]  # no checkpoints
+    assert not (out / "runs" / "ptb_char" / "unregularized").exists()  # unfinished runs are not kept
+    tables = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}  # noqa: E731
+    before = tables()
     monkeypatch.setenv("ZONEOUT_RUNS_DIR", str(tmp_path / "elsewhere"))  # e.g. a fresh clone: no runs/
+    make_table.build_table(spec, "quick", out_dir=out)
+    assert tables() == before and "also in" not in capsys.readouterr().err
+    # A table whose runs are gone from both places is left as it is, unless asked.
+    shutil.rmtree(out / "runs")
     with pytest.raises(ValueError, match=r"results for 2 row\(s\) with no finished run .* left as it is"):
         make_table.build_table(spec, "quick", out_dir=out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert tables() == before
     make_table.build_table(spec, "quick", out_dir=out, force=True)  # asked for: rewritten, rows now "not run"
     assert table_line((out / "table1_ptb_char.md").read_text(), "Zoneout (z_c = 0.5, z_h = 0.05)")[1] == "not run"
 
@@ -132,6 +142,7 @@ def test_make_table_refusal_is_one_line_and_exit_2(runs, tmp_path, monkeypatch, 
     assert make_table.main() == 0
     capsys.readouterr()
     monkeypatch.setenv("ZONEOUT_RUNS_DIR", str(tmp_path / "elsewhere"))
+    shutil.rmtree(tmp_path / "results" / "quick" / "runs")  # the runs gone, and the table's kept copies too
     assert make_table.main() == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1 and "left as it is" in error

@@ -57,6 +57,10 @@ def check_config(cfg) -> None:
 
     d, m, r, o, t = cfg.dataset, cfg.model, cfg.regularizer, cfg.optim, cfg.trainer
     _one_of("dataset.name", d.name, group_choices("dataset"))
+    if cfg.scale_name != "paper" and cfg.scale_name not in d:  # the scale's sizes live in the dataset config
+        have = [s for s in group_choices("scale") if s == "paper" or s in d]
+        raise ConfigError(f"scale={cfg.scale_name}: configs/dataset/{d.name}.yaml has no `{cfg.scale_name}:` block "
+                          f"(no pilot has chosen that scale's sizes for it yet); allowed for {d.name}: {', '.join(have)}")
     _one_of("dataset.loader", d.loader, ("chunks", "stream", "pixels"))
     for field in ("batch_size", "eval_batch_size"):
         _positive_int(f"dataset.{field}", d[field])
@@ -92,6 +96,9 @@ def check_config(cfg) -> None:
     _positive_int("trainer.patience", t.patience)
     if t.clip_grad_norm is not None and (not isinstance(t.clip_grad_norm, (int, float)) or t.clip_grad_norm <= 0):
         raise ConfigError(f"trainer.clip_grad_norm={t.clip_grad_norm!r}: must be a number > 0 or null")
+    if t.divergence_factor is not None and (not isinstance(t.divergence_factor, (int, float)) or t.divergence_factor <= 1):
+        raise ConfigError(f"trainer.divergence_factor={t.divergence_factor!r}: must be a number > 1 (times the "
+                          "uniform prediction's loss) or null")
     for field in ("max_steps_per_epoch", "eval_max_batches", "threads", "bn_recalibration_batches"):
         if t[field] is not None:
             _positive_int(f"trainer.{field}", t[field])

@@ -8,6 +8,7 @@ metrics.jsonl/.csv (one line per epoch), summary.json, best.pt and last.pt.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import subprocess
 import sys
@@ -74,7 +75,14 @@ def recalibrate_batchnorm(cfg, model, task, epoch: int) -> None:
                                itertools.islice(batches, cfg.trainer.bn_recalibration_batches))
 
 
-def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch: int) -> dict:
+def divergence_threshold(cfg, classes: int) -> float:
+    """Mean NLL (nats) above which a run has exploded: trainer.divergence_factor x ln(classes), the loss
+    of predicting uniformly. An untrained model starts near ln(classes) and training only lowers it;
+    a blown-up one predicts confidently wrong and sails far past it (optim.lr=1e9: valid BPC 1e10)."""
+    return cfg.trainer.divergence_factor * math.log(classes) if cfg.trainer.divergence_factor else math.inf
+
+
+def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch: int, diverged_above: float) -> dict:
     model.train()
     nll_sum = count = correct = steps = 0
     grad_norm_sum, state, start = 0.0, None, time.perf_counter()
@@ -96,6 +104,9 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
             loss = loss + norm_stabilizer_penalty(result.hidden, cfg.regularizer.norm_stabilizer)
         if not math.isfinite(loss.item()):
             raise Diverged(f"epoch {epoch}, step {steps + 1}: loss is {loss.item()}")
+        if result.nll_sum / max(result.count, 1) > diverged_above:
+            raise Diverged(f"epoch {epoch}, step {steps + 1}: training loss {result.nll_sum / max(result.count, 1):.4g} nats "
+                           f"is above {diverged_above:.4g}, trainer.divergence_factor x the uniform prediction's loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = cfg.trainer.clip_grad_norm or float("inf")
@@ -113,6 +124,26 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
     return {"train_loss": nll_sum / max(count, 1), f"train_{task.metric}": metric_from(task.metric, nll_sum, count, correct),
             "grad_norm": grad_norm_sum / max(steps, 1), "tokens_per_s": steps * task.tokens_per_step / seconds,
             "train_seconds": seconds, "steps": steps}
+
+
+# What defines a run: resuming it with any of these changed would splice two different experiments.
+# Trainer knobs (max_epochs, patience, threads, ...) may change: extending a finished run is legitimate.
+RUN_DEFINING = ("model", "regularizer", "optim", "seed", "scale_name")
+DATASET_LOCATION = ("data_dir", "mirror")
+
+
+def check_same_run(saved: dict | None, current: dict, path: Path) -> None:
+    if saved is None:
+        return
+    for key in RUN_DEFINING + ("dataset",):
+        old, new = saved.get(key), current.get(key)
+        if key == "dataset" and isinstance(old, dict) and isinstance(new, dict):
+            old, new = ({k: v for k, v in d.items() if k not in DATASET_LOCATION} for d in (old, new))
+        if old != new:
+            changed = key if not isinstance(old, dict) else next(
+                f"{key}.{k}" for k in sorted(set(old) | set(new or {})) if old.get(k) != (new or {}).get(k))
+            raise ConfigError(f"trainer.resume=true: {path} was written with other settings ({changed}); "
+                              "pass the same overrides, or remove that run folder to start afresh")
 
 
 def describe_device(device: torch.device) -> str:
@@ -151,20 +182,30 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)  # data order; masks use the global RNG
     task, input_vocab, outputs, max_length = build_task(cfg, device)
     model = build_model(cfg.model, cfg.regularizer, input_vocab, outputs, max_length).to(device)
+    diverged_above = divergence_threshold(cfg, outputs)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     weight_noise = WeightNoise(cfg.regularizer.weight_noise) if cfg.regularizer.weight_noise else None
     config_dict = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
     start_epoch, best, bad_epochs, history = 1, None, 0, []
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path, best_path, summary_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "summary.json"
+    if cfg.trainer.resume and summary_path.exists():
+        done = json.loads(summary_path.read_text())
+        if done.get("status") == "finished" and (done["epochs_run"] >= cfg.trainer.max_epochs or
+                                                 done["epochs_run"] - done["best_epoch"] >= cfg.trainer.patience):
+            # Nothing left to do under these settings (a larger max_epochs would continue from last.pt).
+            saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) if (run_dir / "config.yaml").exists() else None
+            check_same_run(saved, config_dict, run_dir / "config.yaml")
+            print(f"{cfg.name} seed {cfg.seed}: already finished ({summary_path}); skipped", file=sys.stderr)
+            return done
     if cfg.trainer.resume and last_path.exists():
         state = checkpoint.load(last_path)
+        check_same_run(state["config"], config_dict, last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"], generator)
         start_epoch, best, bad_epochs, history = state["epoch"] + 1, state["best"], state["bad_epochs"], state["history"]
         print(f"resuming {cfg.name} from epoch {state['epoch']} ({last_path})", file=sys.stderr)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     logger = build_logger(cfg, run_dir, history, config_dict)
     summary = {"name": cfg.name, "dataset": cfg.dataset.name, "model": cfg.model.cell, "regularizer": cfg.regularizer.name,
@@ -177,12 +218,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.optim, epoch)
             record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            record.update(train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch))
+            record.update(train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch, diverged_above))
             eval_start = time.perf_counter()
             recalibrate_batchnorm(cfg, model, task, epoch)  # best.pt keeps the statistics it was validated with
             valid_metric, valid_loss = evaluate(model, task, "valid", max_batches=cfg.trainer.eval_max_batches)
             record.update({"valid_loss": valid_loss, f"valid_{task.metric}": valid_metric,
                            "eval_seconds": time.perf_counter() - eval_start})
+            if not valid_loss <= diverged_above:  # NaN included; checked before anything of this epoch is saved
+                raise Diverged(f"epoch {epoch}: validation loss {valid_loss:.4g} nats is above {diverged_above:.4g}, "
+                               "trainer.divergence_factor x the uniform prediction's loss")
             if best is None or valid_metric < best["valid"]:
                 best, bad_epochs = {"valid": valid_metric, "valid_loss": valid_loss, "epoch": epoch}, 0
                 checkpoint.save(best_path, {"model": model.state_dict(), "epoch": epoch, "config": config_dict})
