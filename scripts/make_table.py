@@ -6,7 +6,8 @@ Each row: our mean ± std over seeds (valid and test, best-validation checkpoint
 the difference, epochs run, and the scale, device, seeds and commit that produced it. Rows without
 finished runs are listed as "not run". Below the table, each of the paper's orderings listed in the
 spec's `claims` is checked against our means (holds or not, and whether within seed noise). The .png
-has the validation curves, one colour per row: each seed faint, their mean bold.
+has the training (dashed) and validation (solid) curves per epoch, one colour per row, as the paper's
+Figures 4 and 5: validation per seed faint and their mean bold, training as the mean over seeds.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def fmt(mean: float, std: float, n: int, digits: int) -> str:
 
 
 def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tuple[dict, list]:
-    """One table row (our mean ± std over the runs' seeds, the paper's figures) and its validation curves."""
+    """One table row (our mean ± std over the runs' seeds, the paper's figures) and its curves, one
+    (label, epochs, valid values, train values) per seed."""
     paper = row.get("paper") or {}
     entry = {"row": row["label"], "experiment": row.get("experiment"), "cited": bool(row.get("cited")),
              "paper_valid": paper.get("valid"), "paper_test": paper.get("test"), "n_seeds": len(runs)}
@@ -108,7 +110,8 @@ def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tupl
                       "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
         for summary, run_dir in runs:
             metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l]
-            curves.append((row["label"], [m["epoch"] for m in metrics], [m[f"valid_{metric}"] for m in metrics]))
+            curves.append((row["label"], [m["epoch"] for m in metrics], [m[f"valid_{metric}"] for m in metrics],
+                           [m.get(f"train_{metric}") for m in metrics]))
     return entry, curves
 
 
@@ -147,8 +150,10 @@ def render_claims(claims: list[dict], digits: int) -> str:
         return ""
     split = claims[0]["split"]
     held = sum(c["verdict"].startswith("holds") for c in claims)
+    unchecked = sum(c["verdict"] == "not run" for c in claims)
+    count = f"{held} of {len(claims)} hold" + (f" ({unchecked} not checked: a row not run yet)" if unchecked else "")
     lines = ["", f"## The paper's orderings, checked on our runs ({split}, lower is better)", "",
-             f"{held} of {len(claims)} hold. Δ = ours(first) − ours(second), ± its standard error over seeds; "
+             f"{count}. Δ = ours(first) − ours(second), ± its standard error over seeds; "
              "within seed noise: |Δ| < 2 standard errors.", "",
              "| paper's ordering | paper | ours | Δ ours | verdict |", "|---|---|---|---|---|"]
     for c in claims:
@@ -244,7 +249,9 @@ def render_csv(rows: list[dict]) -> str:
 
 
 def plot_curves(spec: dict, scale: str, curves: list, path: Path) -> None:
-    """Validation curves, one colour per row: each seed a faint line, their mean per epoch a bold one."""
+    """Training (dashed, mean over seeds) and validation (solid; each seed faint, the mean bold) per
+    epoch, one colour per row: where a row overfits, its dashed line keeps falling as its solid one
+    turns up."""
     import textwrap
 
     import matplotlib
@@ -253,23 +260,30 @@ def plot_curves(spec: dict, scale: str, curves: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     by_row: dict[str, list] = {}
-    for label, epochs, values in curves:
-        by_row.setdefault(label, []).append(dict(zip(epochs, values)))
+    for label, epochs, valid, train in curves:
+        by_row.setdefault(label, []).append((dict(zip(epochs, valid)),
+                                             {e: v for e, v in zip(epochs, train) if v is not None}))
     colours = plt.get_cmap("tab10" if len(by_row) <= 10 else "tab20").colors
     figure, axis = plt.subplots(figsize=(10, 4.5))
     for index, (label, seeds) in enumerate(by_row.items()):
         colour = colours[index % len(colours)]
         if len(seeds) > 1:
-            for seed in seeds:
-                axis.plot(list(seed), list(seed.values()), color=colour, alpha=0.3, linewidth=0.8)
-        epochs = sorted({epoch for seed in seeds for epoch in seed})  # a seed that stopped early drops out
-        mean = [statistics.fmean(seed[e] for seed in seeds if e in seed) for e in epochs]
+            for valid, _ in seeds:
+                axis.plot(list(valid), list(valid.values()), color=colour, alpha=0.3, linewidth=0.8)
         name = textwrap.fill(label, 45) + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else "")
-        axis.plot(epochs, mean, color=colour, marker="o", markersize=3, linewidth=1.8, label=name)
+        for which, style in ((0, "-"), (1, "--")):
+            epochs = sorted({epoch for seed in seeds for epoch in seed[which]})  # a seed that stopped early drops out
+            mean = [statistics.fmean(seed[which][e] for seed in seeds if e in seed[which]) for e in epochs]
+            if which == 0:
+                axis.plot(epochs, mean, style, color=colour, marker="o", markersize=2.5, linewidth=1.8, label=name)
+            elif epochs:
+                axis.plot(epochs, mean, style, color=colour, linewidth=1.2)
+    axis.plot([], [], "k-", label="validation (solid)")
+    axis.plot([], [], "k--", label="training (dashed)")
     axis.set_xlabel("epoch")
     axis.xaxis.get_major_locator().set_params(integer=True)
-    axis.set_ylabel(f"validation {spec['metric']}")
-    axis.set_title(f"{spec['title']} — {scale} scale (bold: mean over seeds)", fontsize=9)
+    axis.set_ylabel(spec["metric"])
+    axis.set_title(f"{spec['title']} — {scale} scale (bold: mean over seeds; dashed: training)", fontsize=9)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     save_figure(figure, path)
 

@@ -184,6 +184,45 @@ def test_quick_scale_shrinks_the_row(name):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
+def test_small_scale_changes_only_size_knobs(name):
+    paper = composed(name)
+    if "small" not in paper.dataset:
+        pytest.skip(f"{paper.dataset.name} has no small scale yet")
+    small, shrink = composed(name, "small"), paper.dataset.small
+    assert small.scale_name == "small" and small.name == name
+    assert small.model.hidden_size == shrink.hidden_size <= paper.model.hidden_size
+    assert (small.trainer.max_epochs, small.trainer.patience) == (shrink.max_epochs, shrink.patience)
+    assert small.dataset.train_fraction == shrink.train_fraction < paper.dataset.train_fraction
+    assert small.trainer.eval_max_batches == shrink.get("eval_max_batches")
+    assert small.trainer.bn_recalibration_batches is None  # the paper's training EMA, as at paper scale
+    # Everything that is not a size knob stays the paper's: optimizer, lr, batch, length, clipping, init, regularizers.
+    for group in ("optim", "regularizer"):
+        assert small[group] == paper[group], group
+    size_knobs = {"hidden_size", "embedding_size"}
+    assert {k: v for k, v in small.model.items() if k not in size_knobs} == {
+        k: v for k, v in paper.model.items() if k not in size_knobs}
+    assert {k: v for k, v in small.dataset.items() if k != "train_fraction"} == {
+        k: v for k, v in paper.dataset.items() if k != "train_fraction"}
+    for knob in ("clip_grad_norm", "loss_sum_over_time", "eval_stream", "divergence_factor"):
+        assert small.trainer[knob] == paper.trainer[knob], knob
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_small_scale_described_in_the_table_is_the_one_applied(table):
+    spec = load_table(table)
+    for row in spec["rows"]:
+        if not row["experiment"]:
+            continue
+        cfg = composed(row["experiment"])
+        if "small" not in cfg.dataset or spec.get("script"):
+            continue
+        small = cfg.dataset.small
+        text = spec["small_scale"]
+        assert f"x{small.hidden_size} " in text and f"first {small.train_fraction * 100:g}% " in text
+        assert f"at most {small.max_epochs} epochs, patience {small.patience}" in text
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
 def test_model_of_each_row_builds_with_its_regularizers(name):
     cfg, want = composed(name), EXPECTED[name]
     reg, dataset, hidden = want["reg"], want["dataset"], 8

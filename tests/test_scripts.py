@@ -103,7 +103,7 @@ def test_table_checks_the_papers_orderings(runs, tmp_path):
     make_table.build_table(make_table.load_table_spec("table1_ptb_char"), "quick", out_dir=tmp_path / "out")
     markdown = (tmp_path / "out" / "table1_ptb_char.md").read_text()
     assert "## The paper's orderings, checked on our runs (test, lower is better)" in markdown
-    assert "1 of 10 hold." in markdown  # zoneout beats unregularized, not our BN row; 8 claims have rows not run
+    assert "1 of 10 hold (8 not checked: a row not run yet)." in markdown  # zoneout beats unregularized, not our BN row; 8 claims have rows not run
     zoneout = statistics.mean(ZONEOUT_TEST)
     cells = table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05) < Unregularized LSTM")
     assert cells[1:] == ["1.27 < 1.356", f"{zoneout:.3f} vs 1.500", f"{zoneout - 1.5:+.3f}", "holds (1 seed: noise unknown)"]
@@ -169,6 +169,36 @@ def test_replicate_runs_rows_with_an_experiment_only(runs, monkeypatch):
         expected.remove((f"experiment={finished[0]}", f"seed={finished[1]}"))  # finished already: skipped
     # Cited rows that have an experiment run too; rows without one (HyperLSTM, HM-LSTM) do not.
     assert launched == expected and ("experiment=ptb_char/recurrent_batchnorm", "seed=1") in launched
+
+
+def test_replicate_rows_subset_resumes_and_builds_the_whole_table(runs, monkeypatch, capsys):
+    commands, built = [], []
+    monkeypatch.setattr(replicate.subprocess, "run", lambda command, cwd: commands.append(command) or
+                        type("Done", (), {"returncode": 0})())
+    monkeypatch.setattr(replicate, "build_table", lambda spec, *args, **kwargs: built.append(spec) or [])
+    monkeypatch.setattr(sys, "argv", ["replicate.py", "table1_ptb_char", "trainer.threads=1", "--scale", "quick",  # as make does
+                                      "--seeds", "0", "1", "2", "3", "--rows", "unregularized", "zoneout"])
+    assert replicate.main() == 0
+    launched = [(c[3], c[4]) for c in commands]
+    # zoneout seeds 0-2 finished already (skipped); the unfinished unregularized seed 0 runs again, resuming.
+    assert launched == [("experiment=ptb_char/unregularized", f"seed={s}") for s in range(4)] + [
+        ("experiment=ptb_char/zoneout", "seed=3")]
+    assert all("trainer.resume=true" in c and c[-1] == "trainer.threads=1" and "scale=small" not in c for c in commands)
+    assert len(built[0]["rows"]) == len(make_table.load_table_spec("table1_ptb_char")["rows"])  # the whole table
+    monkeypatch.setattr(sys, "argv", ["replicate.py", "table1_ptb_char", "--scale", "quick", "--rows", "zonout"])
+    assert replicate.main() == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: --rows 'zonout' is not a row of table1_ptb_char; allowed: ")
+
+
+def test_small_scale_table_is_labelled_as_evidence_scale(runs, tmp_path):
+    root, _ = runs
+    write_run(root, "ptb_char/zoneout", 0, 2.2, 2.1, scale="small")
+    make_table.build_table(make_table.load_table_spec("table1_ptb_char"), "small", out_dir=tmp_path / "small")
+    markdown = (tmp_path / "small" / "table1_ptb_char.md").read_text()
+    spec = make_table.load_table_spec("table1_ptb_char")
+    assert "SMALL SCALE" in markdown and spec["small_scale"] in markdown and "QUICK" not in markdown
+    assert table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05)")[1:3] == ["2.200", "2.100"]  # quick runs ignored
 
 
 def test_replicate_reports_a_refused_table(runs, monkeypatch, capsys):

@@ -128,6 +128,60 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
 
+def test_exploding_loss_stops_like_a_nan_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    """A loss far above the uniform prediction's ln(50) (finite, so no NaN check fires) ends the run."""
+    from zoneout import tasks
+
+    original = tasks.LanguageModelingTask.step
+    calls = {"n": 0}
+
+    def exploding(self, model, batch, state, forward=None):
+        result = original(self, model, batch, state, forward)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] > 5:  # the second step of epoch 2: a finite, absurd loss
+                result.nll_sum = result.nll_sum * 1e6
+        return result
+
+    monkeypatch.setattr(tasks.LanguageModelingTask, "step", exploding)
+    with pytest.raises(Diverged, match=r"epoch 2, step 2: training loss .* above 11\.7"):  # 3 x ln(50)
+        train(tiny_cfg(data_dir, "trainer.max_epochs=3"), tmp_path)
+    assert checkpoint.load(tmp_path / "last.pt")["epoch"] == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+    calls["n"] = 0  # null switches the guard off: the same run goes on to the end
+    assert train(tiny_cfg(data_dir, "trainer.divergence_factor=null"), tmp_path / "off")["status"] == "finished"
+
+
+def test_huge_learning_rate_exits_3_with_one_line(data_dir, tmp_path):
+    """optim.lr=1e9 used to train to a valid BPC of 1e10 and report "finished"."""
+    env = {**os.environ, "ZONEOUT_RUNS_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "zoneout.train", "experiment=ptb_char/zoneout", *TINY, "optim.lr=1e9",
+                             f"dataset.data_dir={data_dir}", "dataset.mirror=null", "name=huge_lr"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged (epoch ") and "Traceback" not in result.stderr
+    summary = json.loads((tmp_path / "paper" / "huge_lr" / "seed0" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "test" not in summary
+
+
+def test_resume_skips_a_finished_run_and_refuses_other_settings(data_dir, tmp_path):
+    from zoneout.config_check import ConfigError
+
+    first = train(tiny_cfg(data_dir), tmp_path)
+    metrics_before = (tmp_path / "metrics.jsonl").read_text()
+    again = train(tiny_cfg(data_dir, "trainer.resume=true"), tmp_path)  # nothing left to do: not rerun
+    assert again == json.loads((tmp_path / "summary.json").read_text()) and again["test"] == first["test"]
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
+    with pytest.raises(ConfigError, match=r"trainer.resume=true: .*config.yaml was written with other settings "
+                                          r"\(model.hidden_size\)"):
+        train(tiny_cfg(data_dir, "trainer.resume=true", "model.hidden_size=24"), tmp_path)
+    (tmp_path / "summary.json").unlink()  # an interrupted run: its last.pt is checked the same way
+    with pytest.raises(ConfigError, match=r"last.pt was written with other settings \(regularizer.zoneout_cell\)"):
+        train(tiny_cfg(data_dir, "trainer.resume=true", "regularizer.zoneout_cell=0.25"), tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics_before  # refused before anything was written
+
+
 @pytest.mark.parametrize("override, field", [
     ("regularizer.zoneout_cell=1.5", "regularizer.zoneout_cell"),
     ("regularizer.zoneout_hidden=-0.1", "regularizer.zoneout_hidden"),
@@ -135,6 +189,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
     ("dataset=nope", "dataset=nope"),
     ("dataset.data_dir=/does/not/exist", "dataset.data_dir"),
     ("optim.lr=-1", "optim.lr"),
+    ("trainer.divergence_factor=0.5", "trainer.divergence_factor"),
+    ("scale=small ~dataset.small", "scale=small"),
 ])
 def test_bad_config_is_one_line_error(override, field, tmp_path):
     env = {**os.environ, "ZONEOUT_RUNS_DIR": str(tmp_path)}
@@ -165,6 +221,8 @@ def test_overrides_and_quick_scale_compose():
     assert quick.model.hidden_size == quick.dataset.quick.hidden_size and quick.scale_name == "quick"
     # paper scale: the training EMA of [R]; quick scale: re-estimated before each evaluation
     assert cfg.trainer.bn_recalibration_batches is None and quick.trainer.bn_recalibration_batches == 20
+    small = compose_cfg(["experiment=ptb_char/recurrent_batchnorm", "scale=small"])  # thousands of steps: the EMA
+    assert small.scale_name == "small" and small.trainer.bn_recalibration_batches is None
 
 
 def read_wandb_records(path: Path) -> list:
