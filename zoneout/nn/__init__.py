@@ -1,4 +1,6 @@
+from zoneout.nn.cells import ZoneoutGRUCell, ZoneoutLSTMCell
 from zoneout.nn.lstm import LSTM, ZoneoutLSTM, register_layer_impl
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource
 
-__all__ = ["LSTM", "ZoneoutLSTM", "RecurrentNoise", "RecurrentNoiseSource", "register_layer_impl"]
+__all__ = ["LSTM", "ZoneoutLSTM", "ZoneoutLSTMCell", "ZoneoutGRUCell", "RecurrentNoise", "RecurrentNoiseSource",
+           "register_layer_impl"]
