@@ -1,5 +1,5 @@
 """Zoneout (Krueger et al., ICLR 2017) and its baselines in PyTorch."""
-from zoneout.nn import LSTM, ZoneoutGRUCell, ZoneoutLSTM, ZoneoutLSTMCell
+from zoneout.nn import LSTM, ZoneoutGRU, ZoneoutGRUCell, ZoneoutLSTM, ZoneoutLSTMCell
 
-__all__ = ["LSTM", "ZoneoutLSTM", "ZoneoutLSTMCell", "ZoneoutGRUCell"]
+__all__ = ["LSTM", "ZoneoutLSTM", "ZoneoutLSTMCell", "ZoneoutGRU", "ZoneoutGRUCell"]
 __version__ = "0.1.0"
