@@ -33,7 +33,8 @@ def register_layer_impl(name: str, layer_fn: Callable) -> None:
 
 def _capturing() -> bool:
     """torch.jit.trace, torch.export / ONNX (dynamo) and torch.compile cannot see into the fused kernels."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
 
 
 def to_time_major(input: Tensor, input_size: int, batch_first: bool) -> tuple[Tensor, bool]:
