@@ -71,7 +71,7 @@ $(addprefix replicate-,$(TABLES)): replicate-%:
 replicate-gradient-flow: data  ## Figure 6: per-timestep gradient norms after one pMNIST epoch (SEEDS="0 1 2") -> results/<scale>/gradient_flow.{png,md,json}
 	$(BIN)/python scripts/gradient_flow.py --scale $(SCALE) --seeds $(SEEDS)
 
-bench: install  ## fused vs reference vs nn.LSTM training-step benchmark -> results/bench_<device>.md
+bench: install  ## fused vs reference vs nn.LSTM training-step benchmark + speech/TTS rows -> results/bench_<device>.md
 	$(BIN)/python scripts/bench.py
 
 clean:  ## remove runs and caches (keeps data and the venv)

@@ -10,6 +10,10 @@ rows (noise on a shared machine hits all of them alike); the table reports media
     python scripts/bench.py [--device cpu|cuda] [--quick] [--out results/bench_<device>.md]
     python scripts/bench.py --cpu-options    # fused CPU kernels: C++ vs PyTorch ops vs TorchScript vs compile
     python scripts/bench.py --device cuda --ptb-epoch [--tf32] [--bf16] [--cuda-graphs]
+    python scripts/bench.py --tts-only [--tiny]   # only the speech/TTS rows (bench_tts.py); --tiny: a smoke check
+
+The speech/TTS rows (bidirectional layer, 200-step cell decoder loop; scripts/bench_tts.py) are
+appended to every default run; --no-tts leaves them out.
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ from torch import nn
 import zoneout.nn.fused as fused
 from zoneout.nn.fused import cpu_ext
 from zoneout.nn.lstm import ZoneoutLSTM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tts import tts_section  # noqa: E402
 
 Z_CELL, Z_HIDDEN, VOCAB, PMNIST = 0.5, 0.05, 50, "pMNIST"
 PTB_CHAR_TRAIN_CHARS = 5_017_482  # characters + one end-of-line per line (data/README.md)
@@ -296,6 +303,9 @@ def parse_args():
     add("--bf16", action="store_true", help="bf16 recurrent GEMMs in the fused layer (GPU)")
     add("--cuda-graphs", action="store_true")
     add("--keep-denormals", action="store_true", help="do not flush denormals (CPU pMNIST then ~7x slower, all rows)")
+    add("--no-tts", action="store_true", help="leave out the speech/TTS rows")
+    add("--tts-only", action="store_true", help="only the speech/TTS rows (bidirectional layer, cell decoder loop)")
+    add("--tiny", action="store_true", help="with --tts-only: tiny shapes, a smoke check (no meaningful times)")
     add("--worker", default="", help=argparse.SUPPRESS)
     add("--peak", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -343,6 +353,14 @@ def main():
         print("RESULT " + json.dumps(run_shape(args, device, args.rows, shapes_for(args)[0], args.peak)))
         return
     load_before = os.getloadavg()
+    reps = args.reps or (2 if args.quick or args.tiny else 5)
+    if args.tts_only:
+        text = "\n".join(["# Speech/TTS rows", ""] + describe(device) + [""] +
+                         tts_section(device, time_rows, reps, tiny=args.tiny))
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        return
     header = ["# Training-step benchmark: zoneout LSTM implementations", ""] + describe(device)
     if device.type == "cpu":
         built = cpu_ext.load() is not None
@@ -351,6 +369,8 @@ def main():
     header.append(f"- options: tf32={args.tf32} bf16={args.bf16} cuda_graphs={args.cuda_graphs} "
                   f"flush_denormal={bool(flush)} z_c={Z_CELL} z_h={Z_HIDDEN}")
     text = report(args, device, header, *run_table(args, device, args.rows), load_before)
+    if not (args.no_tts or args.cpu_options):
+        text += "\n" + "\n".join(tts_section(device, time_rows, reps))
     print(text)
     out = args.out or (None if args.cpu_options else f"results/bench_{device.type}.md")
     if out:

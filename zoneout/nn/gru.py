@@ -58,9 +58,23 @@ class GRU(HiddenStateRecurrence):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0,
-                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0):
+                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
+                 bidirectional: bool = False, device=None, dtype=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         recurrent_regularizers, zoneout_hidden)
+                         recurrent_regularizers, zoneout_hidden, bidirectional=bidirectional, device=device,
+                         dtype=dtype)
 
-    def layer_forward(self, layer, input, h0, noise):
-        return gru_layer(input, h0, *self.layer_weights(layer), noise)
+    def layer_forward(self, layer, input, h0, noise, direction=0):
+        return gru_layer(input, h0, *self.layer_weights(layer, direction), noise)
+
+
+class ZoneoutGRU(GRU):
+    """nn.GRU plus zoneout on h: positional arguments as nn.GRU's, `zoneout_hidden` (the probability a
+    unit KEEPS its previous h; fresh masks per timestep, example, unit, layer and direction) by keyword."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, zoneout_hidden: float = 0.0,
+                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = ()):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, recurrent_regularizers,
+                         zoneout_hidden, bidirectional=bidirectional, device=device, dtype=dtype)

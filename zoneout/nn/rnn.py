@@ -13,14 +13,15 @@ per layer and forward pass); only keep_hidden noise has a meaning without a cell
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
-from zoneout.nn.lstm import to_time_major
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability, keep_or_update
+from zoneout.nn.sequences import compute_dtype, finish_output, finish_state, initial_state, prepare_input
+from zoneout.nn.stack import run_layers
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -42,14 +43,15 @@ def rnn_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
 
 
 class HiddenStateRecurrence(nn.Module):
-    """Shared plumbing of GRU and RNN: nn.RNN-style parameters, shapes, layers, noise and dropout.
-    Subclasses set `gate_count` and implement `layer_forward`."""
+    """Shared plumbing of GRU and RNN: nn.RNN-style parameters, shapes, layers, directions, packed
+    input, noise and dropout. Subclasses set `gate_count` and implement `layer_forward`."""
 
     gate_count = 1
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0,
-                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0):
+                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
+                 bidirectional: bool = False, device=None, dtype=None):
         super().__init__()
         from zoneout.regularizers.zoneout import Zoneout  # late: zoneout.regularizers imports zoneout.nn
 
@@ -57,7 +59,8 @@ class HiddenStateRecurrence(nn.Module):
             if int(value) != value or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
-        self.bias, self.batch_first = bool(bias), bool(batch_first)
+        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
         self.dropout = check_probability("dropout", dropout)
         zoneout = Zoneout(hidden=zoneout_hidden)
         self.zoneout_hidden = zoneout.hidden
@@ -68,14 +71,16 @@ class HiddenStateRecurrence(nn.Module):
             except NotImplementedError:
                 pass  # a source that only overrides noise() is checked at forward time
         self.recurrent_regularizers = nn.ModuleList(regularizers)
-        rows = self.gate_count * self.hidden_size
+        rows, factory = self.gate_count * self.hidden_size, {"device": device, "dtype": dtype}
         for layer in range(self.num_layers):
-            layer_input = self.input_size if layer == 0 else self.hidden_size
-            self.register_parameter(f"weight_ih_l{layer}", nn.Parameter(torch.empty(rows, layer_input)))
-            self.register_parameter(f"weight_hh_l{layer}", nn.Parameter(torch.empty(rows, self.hidden_size)))
-            if self.bias:
-                self.register_parameter(f"bias_ih_l{layer}", nn.Parameter(torch.empty(rows)))
-                self.register_parameter(f"bias_hh_l{layer}", nn.Parameter(torch.empty(rows)))
+            layer_input = self.input_size if layer == 0 else self.hidden_size * self.num_directions
+            for suffix in ("", "_reverse")[:self.num_directions]:
+                name = lambda kind: f"{kind}_l{layer}{suffix}"  # noqa: E731
+                self.register_parameter(name("weight_ih"), nn.Parameter(torch.empty(rows, layer_input, **factory)))
+                self.register_parameter(name("weight_hh"), nn.Parameter(torch.empty(rows, self.hidden_size, **factory)))
+                if self.bias:
+                    self.register_parameter(name("bias_ih"), nn.Parameter(torch.empty(rows, **factory)))
+                    self.register_parameter(name("bias_hh"), nn.Parameter(torch.empty(rows, **factory)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -92,11 +97,14 @@ class HiddenStateRecurrence(nn.Module):
                     f"has only a hidden state (cell zoneout and recurrent dropout need an LSTM; use "
                     f"StochasticDepth(cell=False))")
 
-    def layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-        get = lambda name: getattr(self, f"{name}_l{layer}", None)  # noqa: E731  (read at call time)
+    def layer_weights(self, layer: int, direction: int = 0
+                      ) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        suffix = "_reverse" if direction == 1 else ""
+        get = lambda name: getattr(self, f"{name}_l{layer}{suffix}", None)  # noqa: E731  (read at call time)
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
 
     def layer_noise(self, layer: int, seq_len: int, batch: int, device) -> RecurrentNoise:
+        """One fresh draw; `layer` is the state row layer * num_directions + direction."""
         noise = RecurrentNoise()
         for regularizer in self.recurrent_regularizers:
             drawn = regularizer.noise(seq_len, batch, self.hidden_size, device, self.training, layer)
@@ -104,37 +112,35 @@ class HiddenStateRecurrence(nn.Module):
             noise = noise.merged(drawn)
         return noise
 
-    def layer_forward(self, layer: int, input: Tensor, h0: Tensor, noise: RecurrentNoise) -> tuple[Tensor, Tensor]:
+    def layer_forward(self, layer: int, input: Tensor, h0: Tensor, noise: RecurrentNoise, direction: int = 0
+                      ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Same contract as nn.RNN/nn.GRU.forward: input (T, B, I) ((B, T, I) with batch_first, or
-        unbatched (T, I)), hx (num_layers, B, H) -> output (T, B, H), h_n (num_layers, B, H)."""
-        input, unbatched = to_time_major(input, self.input_size, self.batch_first)
-        if unbatched and hx is not None:
-            hx = hx.unsqueeze(1)
-        seq_len, batch = input.shape[0], input.shape[1]
-        if hx is None:
-            hx = input.new_zeros(self.num_layers, batch, self.hidden_size)
-        elif tuple(hx.shape) != (self.num_layers, batch, self.hidden_size):
-            raise ValueError(f"hx must be ({self.num_layers}, {batch}, {self.hidden_size}), got {tuple(hx.shape)}")
-        h_n, layer_input = [], input
-        for layer in range(self.num_layers):
-            noise = self.layer_noise(layer, seq_len, batch, input.device)
-            output, h = self.layer_forward(layer, layer_input, hx[layer], noise)
-            h_n.append(h)
-            is_last = layer == self.num_layers - 1
-            layer_input = output if is_last else F.dropout(output, self.dropout, self.training)
-        output, h_n = layer_input, torch.stack(h_n)
-        if self.batch_first and not unbatched:
-            output = output.transpose(0, 1)
-        if unbatched:
-            output, h_n = output.squeeze(1), h_n.squeeze(1)
-        return output, h_n
+    def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None):
+        """Same contract as nn.RNN/nn.GRU.forward: input (T, B, I) ((B, T, I) with batch_first, unbatched
+        (T, I), or a PackedSequence), hx (num_layers * num_directions, B, H) -> output (T, B, D * H) (a
+        PackedSequence for packed input), h_n (num_layers * num_directions, B, H)."""
+        prepared = prepare_input(input, self.input_size, self.batch_first)
+        dtype = compute_dtype(prepared.x, self.weight_ih_l0)
+        prepared.x = prepared.x.to(dtype)
+        rows = self.num_layers * self.num_directions
+        states = (initial_state(hx, "hx", prepared, rows, self.hidden_size, dtype),)
+
+        def layer_for(layer: int, direction: int):
+            def run(x, state, noise):
+                output, h = self.layer_forward(layer, x, state[0], noise, direction)
+                return output, (h,)
+            return run
+
+        noise_for = lambda row, T, B: self.layer_noise(row, T, B, prepared.x.device)  # noqa: E731
+        output, (h_n,) = run_layers(prepared, states, self.num_layers, self.num_directions, self.dropout,
+                                    self.training, layer_for, noise_for)
+        return finish_output(output, prepared, self.batch_first), finish_state(h_n, prepared)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
-                f"batch_first={self.batch_first}, dropout={self.dropout}, zoneout_hidden={self.zoneout_hidden}")
+                f"batch_first={self.batch_first}, dropout={self.dropout}, bidirectional={self.bidirectional}, "
+                f"zoneout_hidden={self.zoneout_hidden}")
 
 
 class RNN(HiddenStateRecurrence):
@@ -142,15 +148,17 @@ class RNN(HiddenStateRecurrence):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0):
+                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
+                 bidirectional: bool = False, device=None, dtype=None):
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {tuple(NONLINEARITIES)}, got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         recurrent_regularizers, zoneout_hidden)
+                         recurrent_regularizers, zoneout_hidden, bidirectional=bidirectional, device=device,
+                         dtype=dtype)
 
-    def layer_forward(self, layer, input, h0, noise):
-        return rnn_layer(input, h0, *self.layer_weights(layer), noise, self.nonlinearity)
+    def layer_forward(self, layer, input, h0, noise, direction=0):
+        return rnn_layer(input, h0, *self.layer_weights(layer, direction), noise, self.nonlinearity)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, nonlinearity={self.nonlinearity!r}"

@@ -221,8 +221,10 @@ struct RecurrentGemm {
   std::optional<c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&,
                                                 const std::optional<Tensor>&, int64_t)>> linear;
 
-  RecurrentGemm(const Tensor& weight_hh, int64_t B) : weight(weight_hh) {
-    if (weight_hh.scalar_type() == at::kFloat && weight_hh.size(1) >= 256) {
+  // A one-step call (ZoneoutLSTMCell) skips the packing: it would be redone every step and costs
+  // about as much as the GEMM it speeds up.
+  RecurrentGemm(const Tensor& weight_hh, int64_t B, int64_t T) : weight(weight_hh) {
+    if (T > 1 && weight_hh.scalar_type() == at::kFloat && weight_hh.size(1) >= 256) {
       auto& dispatcher = c10::Dispatcher::singleton();
       auto reorder = dispatcher.findOp({"mkl::_mkl_reorder_linear_weight", ""});
       auto op = dispatcher.findOp({"mkl::_mkl_linear", ""});
@@ -259,7 +261,7 @@ std::vector<Tensor> forward(Tensor gates, Tensor h0, Tensor c0, Tensor weight_hh
   Tensor cells = at::empty({save ? T + 1 : 2, B, H}, h0.options());
   Tensor tanh_cells = at::empty({save ? T : 1, B, H}, h0.options());
   cells[0].copy_(c0);
-  const RecurrentGemm recurrent_gemm(weight_hh, B);
+  const RecurrentGemm recurrent_gemm(weight_hh, B, T);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       const Tensor h_prev = t == 0 ? h0 : output[t - 1];
