@@ -6,12 +6,21 @@ source and flags are unchanged. The module name carries the CPU's vector ISA, be
 compiled for it (AVX512 / AVX2 via ATen's Vectorized, whose exp/tanh are libtorch's Sleef), so a
 cache shared between different machines never loads code the CPU cannot run.
 Set ZONEOUT_FUSED_CPP=0 to skip the build and use the pure-PyTorch kernels.
+
+A build killed midway (Ctrl-C, kill -9, a cluster time limit) must never hang later runs: torch's own
+build lock is a plain file that outlives a killed builder, and every later process would wait on it
+forever. So we build in our own folder under an OS lock (flock), which the kernel releases when its
+holder dies: whoever holds it is the only builder, so a torch lock file found there is stale and is
+removed. A process that waits for another's build says so once and, after ZONEOUT_BUILD_WAIT_S
+seconds (default 600), falls back to the PyTorch-op kernels with one warning.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +43,14 @@ def _isa() -> str:
     return capability if capability in _ISA_FLAGS else "DEFAULT"
 
 
+def build_name_and_flags() -> tuple[str, list[str]]:
+    """The extension's name (ISA + a digest of source, flags and torch version) and compiler flags."""
+    isa = _isa()
+    flags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}", *_ISA_FLAGS.get(isa, [])]
+    digest = hashlib.sha1((SOURCE.read_text() + " ".join(flags) + torch.__version__).encode()).hexdigest()[:10]
+    return f"zoneout_fused_cpu_{isa.lower()}_{digest}", flags
+
+
 def load(verbose: bool = False):
     """The compiled module, or None (with the reason in `error()`) if disabled or it fails to build."""
     if "module" in _state:
@@ -41,22 +58,77 @@ def load(verbose: bool = False):
     if os.environ.get("ZONEOUT_FUSED_CPP", "1") == "0":
         _state.update(module=None, error="disabled by ZONEOUT_FUSED_CPP=0")
         return None
-    isa = _isa()
-    flags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}", *_ISA_FLAGS.get(isa, [])]
-    digest = hashlib.sha1((SOURCE.read_text() + " ".join(flags) + torch.__version__).encode()).hexdigest()[:10]
+    name, flags = build_name_and_flags()
+    build_dir = build_root() / name
     start = time.perf_counter()
     try:
         from torch.utils import cpp_extension
 
-        module = cpp_extension.load(name=f"zoneout_fused_cpu_{isa.lower()}_{digest}", sources=[str(SOURCE)],
-                                    extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=verbose)
-    except Exception as error:  # no compiler, no ninja, no headers: the PyTorch kernels still work
+        with exclusive_build(build_dir) as acquired:
+            if not acquired:
+                raise TimeoutError(f"another process held the build lock of {build_dir} for {wait_seconds():g} s "
+                                   "(ZONEOUT_BUILD_WAIT_S)")
+            module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                                        build_directory=str(build_dir), verbose=verbose)
+    except Exception as error:  # no compiler, no ninja, no headers, a build that never ends: PyTorch kernels
         _log.warning("zoneout fused CPU kernels could not be built (%s); using the pure-PyTorch path",
                      str(error).splitlines()[0] if str(error) else type(error).__name__)
         _state.update(module=None, error=f"{type(error).__name__}: {error}")
         return None
     _state.update(module=module, error=None, build_seconds=time.perf_counter() - start)
     return module
+
+
+def build_root() -> Path:
+    """Where the builds live: a zoneout folder beside torch's own extension builds."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch_extensions")
+    return Path(root) / "zoneout"
+
+
+def wait_seconds() -> float:
+    return float(os.environ.get("ZONEOUT_BUILD_WAIT_S", "600"))
+
+
+@contextlib.contextmanager
+def exclusive_build(build_dir: Path):
+    """Hold build_dir's OS lock (yields True), or yield False after wait_seconds() of waiting.
+    Without fcntl (Windows) it yields True and relies on torch's own lock."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    with open(build_dir / "zoneout.lock", "a+") as handle:
+        deadline, told = time.monotonic() + wait_seconds(), False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                if not told:
+                    handle.seek(0)
+                    owner = handle.read().strip() or "another process"
+                    print(f"zoneout: waiting for {owner} to finish building the fused CPU kernels in {build_dir} "
+                          f"(at most {wait_seconds():g} s, ZONEOUT_BUILD_WAIT_S)", file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(0.5)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            stale = build_dir / "lock"  # torch's lock: only a flock holder builds here, so it is left by a dead one
+            if stale.exists():
+                _log.warning("zoneout: removing %s, left by a build that was killed", stale)
+                stale.unlink()
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def error() -> str | None:
