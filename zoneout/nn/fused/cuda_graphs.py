@@ -53,8 +53,11 @@ class EagerCapture:
 def matmul_settings() -> tuple:
     """The global switches cuBLAS reads when a GEMM is captured: a graph replays the captured choice."""
     matmul = torch.backends.cuda.matmul
-    return (matmul.allow_tf32, torch.get_float32_matmul_precision(),
-            matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction)
+    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9: the legacy getters raise once the new API is used
+        tf32 = (torch.backends.fp32_precision, matmul.fp32_precision)  # (the legacy setters update these too)
+    else:
+        tf32 = (matmul.allow_tf32, torch.get_float32_matmul_precision())
+    return tf32 + (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction)
 
 
 def _compact(mask: Tensor) -> Tensor:
