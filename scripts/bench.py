@@ -14,6 +14,10 @@ rows (noise on a shared machine hits all of them alike); the table reports media
 
 The speech/TTS rows (bidirectional layer, 200-step cell decoder loop; scripts/bench_tts.py) are
 appended to every default run; --no-tts leaves them out.
+
+On CUDA the report also profiles the fused step with and without CUDA graphs (torch.profiler): host
+time to issue a step vs the GPU's kernel time. Host >= GPU means the step is launch-bound, which is
+what CUDA graphs remove; this is the measurement that decides options["cuda_graphs"]'s default.
 """
 from __future__ import annotations
 
@@ -151,6 +155,45 @@ def time_rows(steps, device, reps, statistic=statistics.median):
     return {name: statistic(values) for name, values in times.items()}
 
 
+def launch_profile(step, device, steps=3):
+    """Per step (mean over `steps` after a warm-up): host_ms, the CPU time to issue the step (no
+    sync inside; if it exceeds device_ms the GPU waits for launches), device_ms, the summed time of
+    the GPU kernels and copies, kernels, their count, and wall_ms, the synchronised step time."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    step()
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            with record_function("bench_step"):
+                step()
+        sync(device)
+        wall = time.perf_counter() - start
+    host = sum(e.cpu_time_total for e in prof.key_averages() if e.key == "bench_step")
+    on_device = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                 and not getattr(e, "is_user_annotation", False) and e.name != "bench_step"]
+    device_us = sum(e.time_range.elapsed_us() for e in on_device)
+    return {"host_ms": host / 1e3 / steps, "device_ms": device_us / 1e3 / steps,
+            "kernels": len(on_device) / steps, "wall_ms": wall * 1e3 / steps}
+
+
+def launch_rows(shape, device, gen):
+    """--device cuda: the fused step's launch profile without and with CUDA graphs, as table lines."""
+    label, lines = f"{shape[0]} T={shape[1]} B={shape[2]} H={shape[3]}", []
+    saved = fused.options["cuda_graphs"]
+    try:
+        for graphs in (False, True):
+            fused.options["cuda_graphs"] = graphs
+            p = launch_profile(make_step("fused", shape, device, gen), device)
+            bound = "launch" if p["host_ms"] >= p["device_ms"] else "GPU"
+            lines.append(f"| {label} | {'on' if graphs else 'off'} | {p['host_ms']:,.2f} ms | {p['device_ms']:,.2f} ms "
+                         f"| {p['wall_ms']:,.2f} ms | {p['kernels']:,.0f} | {bound} |")
+    finally:
+        fused.options["cuda_graphs"] = saved
+    return lines
+
+
 def time_split(step):
     """Shares of a fused step's wall time (CPU profile): GEMMs, zoneout mask sampling, the fused
     pointwise code (self time of the Function's forward and backward), and the rest."""
@@ -226,17 +269,18 @@ def run_shape(args, device, rows, shape, peak):
         table.append(f"| {label} | {row} | {rate} | {seconds * 1e3:,.0f} ms | {ratio:.2f}x | "
                      f"{memory:,.0f} MiB | {mfu / 1e9:,.1f} GFLOP/s ({100 * mfu / peak:.0f}%) |")
     split = time_split(steps["fused"]) if "fused" in steps and device.type == "cpu" else None
-    return table, ratios, split
+    launches = launch_rows(shape, device, gen) if "fused" in steps and device.type == "cuda" else []
+    return table, ratios, split, launches
 
 
 def run_table(args, device, rows):
     """Each shape in a fresh worker process (unless --in-process), so that no shape inherits the
     allocator and cache state of the ones before it and the order of shapes cannot matter."""
     peak = args.peak or matmul_peak(device, torch.bfloat16 if args.bf16 else torch.float32)
-    table, ratios, splits = [], {}, {}
+    table, ratios, splits, launches = [], {}, {}, []
     for shape in shapes_for(args):
         if args.in_process or args.worker:
-            lines, shape_ratios, split = run_shape(args, device, rows, shape, peak)
+            lines, shape_ratios, split, shape_launches = run_shape(args, device, rows, shape, peak)
         else:
             command = [sys.executable, __file__, *sys.argv[1:], "--worker", ",".join(map(str, shape)),
                        "--peak", str(peak)]
@@ -244,14 +288,15 @@ def run_table(args, device, rows):
             result = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
             if done.returncode != 0 or not result:
                 raise RuntimeError(f"worker for {shape} failed:\n{done.stderr[-3000:]}")
-            lines, shape_ratios, split = json.loads(result[-1][len("RESULT "):])
+            lines, shape_ratios, split, shape_launches = json.loads(result[-1][len("RESULT "):])
+        launches += shape_launches
         for line in lines:
             print(line, flush=True)
         table += lines
         ratios.update({(tuple(shape), row): ratio for row, ratio in shape_ratios})
         if split:
             splits[f"{shape[0]} T={shape[1]} B={shape[2]} H={shape[3]}"] = {"fused": split}
-    return table, ratios, splits, peak
+    return table, ratios, splits, launches, peak
 
 
 def targets(ratios):
@@ -316,7 +361,7 @@ def parse_args():
     return args
 
 
-def report(args, device, header, table, ratios, splits, peak, load_before):
+def report(args, device, header, table, ratios, splits, launches, peak, load_before):
     load = os.getloadavg()
     lines = header + [f"- load average (1/5/15 min): before {'/'.join(f'{x:.2f}' for x in load_before)}, "
                       f"after {'/'.join(f'{x:.2f}' for x in load)}",
@@ -335,6 +380,13 @@ def report(args, device, header, table, ratios, splits, peak, load_before):
                   "|---|---|---|---|---|"]
         lines += [f"| {label} | " + " | ".join(f"{x:.0%}" for x in shares) + " |"
                   for label, rows in splits.items() for shares in rows.values()] + [""]
+    if launches:
+        lines += ["## Launch-bound or GPU-bound? (fused step, torch.profiler, mean of 3 steps)", "",
+                  "Host: CPU time to issue the step (no sync inside). GPU: summed kernel and copy time. "
+                  "Host >= GPU: the GPU waits for launches, which CUDA graphs remove. Host and wall include "
+                  "the profiler's overhead (the table above is timed without it).", "",
+                  "| shape | CUDA graphs | host | GPU | wall (synchronised) | kernels/step | bound |",
+                  "|---|---|---|---|---|---|---|", *launches, ""]
     if args.ptb_epoch:
         lines += ["## Char-PTB epoch", "", ptb_epoch(args, device) if device.type == "cuda" else
                   "- not run: needs --device cuda", ""]

@@ -29,8 +29,10 @@ __all__ = ["lstm_layer", "kernels_for", "options", "release_workspaces"]
 #   cpu_kernels: "auto" (C++ if it builds, else "torch"), "cpp" (error if it cannot build), "torch",
 #                or the measured-and-rejected "script" / "compile" (compiled_kernels.py).
 #   gpu_kernels: "auto" (Triton if importable, else "torch"), "triton" or "torch".
-#   cuda_graphs: capture each step loop in a CUDA graph (Triton path; see triton_backend.py).
-#   gemm_dtype:  None (the input's dtype) or torch.bfloat16 for the recurrent GEMM on CUDA (cell state stays fp32).
+#   cuda_graphs: capture each step loop in a CUDA graph (Triton path; see cuda_graphs.py). Off until
+#                scripts/bench.py --device cuda shows the eager path launch-bound on a GPU.
+#   gemm_dtype:  None (the input's dtype) or torch.bfloat16 for the recurrent GEMM on CUDA: bf16 operands,
+#                fp32 accumulate and output (an error where cuBLAS has no such GEMM); cell state stays fp32.
 options = {"cpu_kernels": "auto", "gpu_kernels": "auto", "cuda_graphs": False, "gemm_dtype": None}
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _CPU_CHOICES = ("auto", "cpp", "torch", "script", "compile")

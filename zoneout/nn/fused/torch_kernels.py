@@ -13,7 +13,7 @@ from zoneout.nn.fused.masks import ABSENT, BOOL, CompactMask, CompactNoise
 
 
 def _at(mask: CompactMask, t: int):
-    """A step's mask: None, a float or a bool (B, H) view."""
+    """A step's mask: None, a float (or a 0-d GPU tensor, see masks.py) or a bool (B, H) view."""
     if mask.kind == ABSENT:
         return None
     return mask.tensor[t] if mask.kind == BOOL else mask.value
@@ -22,17 +22,17 @@ def _at(mask: CompactMask, t: int):
 def _keep_or_update(keep, previous: Tensor, candidate: Tensor, out: Tensor) -> None:
     if keep is None:
         out.copy_(candidate)
-    elif isinstance(keep, Tensor):
+    elif isinstance(keep, Tensor) and keep.dtype == torch.bool:
         torch.where(keep, previous, candidate, out=out)
     else:
-        torch.lerp(candidate, previous, keep, out=out)
+        torch.lerp(candidate, previous, keep.to(out.dtype) if isinstance(keep, Tensor) else keep, out=out)
 
 
 def _split(keep, grad: Tensor) -> tuple[Tensor, Tensor]:
     """grad through a zoneout mix: (part to the candidate, part to the kept previous value)."""
     if keep is None:
         return grad, torch.zeros_like(grad)
-    if isinstance(keep, Tensor):
+    if isinstance(keep, Tensor) and keep.dtype == torch.bool:
         return grad.masked_fill(keep, 0), grad.masked_fill(~keep, 0)
     return grad * (1 - keep), grad * keep
 
