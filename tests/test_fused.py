@@ -5,6 +5,8 @@ The first use of the C++ kernels builds them (~1 min on 2 cores, then cached).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -268,3 +270,26 @@ def test_float32_at_h256_takes_the_packed_gemm_path_and_matches_reference(kernel
     args = [make(t, b, i), make(b, h), make(b, h), make(4 * h, i), make(4 * h, h), make(4 * h), make(4 * h)]
     noise = RecurrentNoise(bools((t, b, h), 0.5, 1), bools((t, b, h), 0.05, 2), bools((t, 1, h), 0.7, 3))
     assert_matches_reference(args, noise, atol=1e-5, rtol=1e-4)
+
+
+def test_layers_need_neither_regularizers_nor_an_import_circle():
+    """zoneout.nn builds its own zoneout noise (no reaching up into zoneout.regularizers), and the fused
+    package imports on its own: ZoneoutLSTM registers it on first use."""
+    import subprocess
+    import sys
+
+    script = ("import sys, torch\n"
+              "import zoneout.nn.fused as fused\n"
+              "from zoneout import ZoneoutLSTM, ZoneoutLSTMCell, ZoneoutGRU\n"
+              "ZoneoutLSTM(3, 4, zoneout_cell=0.5)(torch.randn(2, 1, 3)); ZoneoutLSTMCell(3, 4, zoneout_hidden=0.1)(torch.randn(1, 3))\n"
+              "ZoneoutGRU(3, 4, zoneout_hidden=0.1)(torch.randn(2, 1, 3))\n"
+              "from zoneout.nn import lstm\n"
+              "assert lstm.LAYER_IMPLEMENTATIONS['fused'] is fused.lstm_layer\n"
+              "assert not [m for m in sys.modules if m.startswith('zoneout.regularizers')], 'zoneout.nn imported regularizers'\n"
+              "from zoneout.regularizers import Zoneout\n"
+              "from zoneout.nn.zoneout_noise import Zoneout as Same\n"
+              "assert Zoneout is Same\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    fused_sources = Path(fused.__file__).parent.glob("*.py")
+    assert not [p.name for p in fused_sources if "nn import lstm" in p.read_text() or "nn.lstm import" in p.read_text()]

@@ -19,6 +19,7 @@ from zoneout.nn.gru import gru_cell_step
 from zoneout.nn.lstm import IMPLS, _resolve_impl
 from zoneout.nn.noise import RecurrentNoise
 from zoneout.nn.sequences import compute_dtype
+from zoneout.nn.zoneout_noise import Zoneout
 
 
 def zoneout_lstm_cell(input: Tensor, h: Tensor, c: Tensor, weight_ih: Tensor, weight_hh: Tensor,
@@ -47,7 +48,6 @@ class _ZoneoutCell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, bias: bool, zoneout_cell: float, zoneout_hidden: float,
                  device, dtype):
         super().__init__()
-        from zoneout.regularizers.zoneout import Zoneout  # late: zoneout.regularizers imports zoneout.nn
 
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if int(value) != value or value <= 0:

@@ -21,6 +21,7 @@ from zoneout.nn import reference
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability
 from zoneout.nn.sequences import (compute_dtype, finish_output, finish_state, initial_state, prepare_input)
 from zoneout.nn.stack import run_layers
+from zoneout.nn.zoneout_noise import Zoneout
 
 # name -> layer function with reference.lstm_layer's signature. Fast implementations register here.
 LAYER_IMPLEMENTATIONS: dict[str, Callable] = {"reference": reference.lstm_layer}
@@ -57,11 +58,14 @@ def _resolve_impl(impl: str) -> Callable:
 
 
 def _try_load_fused() -> None:
+    """Register the fused layer on first use (zoneout.nn.fused imports torch extensions and Triton
+    lazily; it does not import this module, so there is no import circle)."""
     if "fused" not in LAYER_IMPLEMENTATIONS:
         try:
-            import zoneout.nn.fused  # noqa: F401  (registers itself)
+            from zoneout.nn.fused import lstm_layer
         except ImportError:
-            pass
+            return
+        register_layer_impl("fused", lstm_layer)
 
 
 class LSTM(nn.Module):
@@ -159,7 +163,6 @@ class ZoneoutLSTM(LSTM):
                  proj_size: int = 0, device=None, dtype=None, *, zoneout_cell: float = 0.0,
                  zoneout_hidden: float = 0.0, impl: str = "auto",
                  recurrent_regularizers: Sequence[RecurrentNoiseSource] = ()):
-        from zoneout.regularizers.zoneout import Zoneout
 
         zoneout = Zoneout(cell=zoneout_cell, hidden=zoneout_hidden)
         regularizers = ([zoneout] if zoneout.active else []) + list(recurrent_regularizers)

@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import PackedSequence
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability, keep_or_update
 from zoneout.nn.sequences import compute_dtype, finish_output, finish_state, initial_state, prepare_input
 from zoneout.nn.stack import run_layers
+from zoneout.nn.zoneout_noise import Zoneout
 
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -53,7 +54,6 @@ class HiddenStateRecurrence(nn.Module):
                  recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
                  bidirectional: bool = False, device=None, dtype=None):
         super().__init__()
-        from zoneout.regularizers.zoneout import Zoneout  # late: zoneout.regularizers imports zoneout.nn
 
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if int(value) != value or value <= 0:

@@ -1,4 +1,4 @@
-"""Fast fused zoneout LSTM layer (issue 4), registered as ZoneoutLSTM(impl="fused").
+"""Fast fused zoneout LSTM layer (issue 4): ZoneoutLSTM(impl="fused") registers `lstm_layer` on first use.
 
 `lstm_layer` has exactly zoneout.nn.reference.lstm_layer's signature and semantics. It runs one
 autograd.Function (function.py) whose per-step work is one recurrent GEMM plus one fused
@@ -16,7 +16,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from zoneout.nn import lstm as _lstm
 from zoneout.nn import reference
 from zoneout.nn.fused import cpu_ext, torch_kernels
 from zoneout.nn.fused.function import FusedLSTMFunction, run_inference
@@ -143,4 +142,3 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
     return run_inference(kernels, *args)
 
 
-_lstm.register_layer_impl("fused", lstm_layer)
