@@ -120,3 +120,104 @@ def test_semantic_consistency_bad_arguments_fail_in_one_line(capsys, tmp_path, a
     assert sc.main(args + ["--out-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------- seq2seq addition
+from zoneout.toys import seq2seq_addition as s2s  # noqa: E402
+
+
+def test_seq2seq_settings_are_the_originals():
+    toy = spec("toy_seq2seq_addition")
+    paper = toy["scales"]["paper"]
+    assert (paper["hidden"], paper["layers"], paper["batch"], paper["lr"]) == (128, 2, 32, 0.01)
+    assert (paper["epochs"], paper["batches_per_epoch"], paper["lr_decay"]) == (40, 20, 0.95)
+    assert (paper["advance_below"], paper["val_batches"], paper["init_range"]) == (0.10, 128, 0.08)
+    assert {v["name"]: (v["zoneout_cell"], v["zoneout_hidden"]) for v in toy["variants"]} == {
+        "zoneout": (0.05, 0.0), "none": (0.0, 0.0)}
+    assert "the original's is missing" in toy["generator"]  # says the generator is ours
+    long = toy["scales"]["long"]  # only trained longer
+    assert long["epochs"] == 2 * paper["epochs"] and {**long, "epochs": 40} == paper
+
+
+def test_generator_answers_are_exact_and_levels_have_their_digits():
+    generator = s2s.AdditionGenerator(max_difficulty=3, seed=0)
+    assert (generator.input_len, generator.output_len) == (7, 4)
+    for difficulty in (1, 2, 3):
+        a, b = generator.operands(difficulty, 500)
+        low = 0 if difficulty == 1 else 10 ** (difficulty - 1)
+        assert all(low <= n < 10 ** difficulty for n in a + b)
+        assert len({len(str(n)) for n in a + b}) == 1  # exactly `difficulty` digits each
+        inputs, targets = generator.encode(a, b)
+        assert inputs.shape == (500, 7) and targets.shape == (500, 4)
+        for text, answer, x, y in zip(s2s.decode(inputs), s2s.decode(targets), a, b):
+            left, right = text.split("+")
+            assert (int(left), int(right)) == (x, y) and int(answer) == x + y
+    inputs, targets = generator.encode([7, 99], [5, 1])
+    assert ["".join(s2s.SYMBOLS[i] for i in row) for row in inputs.tolist()] == ["____7+5", "___99+1"]
+    assert ["".join(s2s.SYMBOLS[i] for i in row) for row in targets.tolist()] == ["12__", "100_"]
+
+
+def test_generator_is_seeded_and_checks_difficulty():
+    first, second = s2s.AdditionGenerator(3, 5).batch(2, 64), s2s.AdditionGenerator(3, 5).batch(2, 64)
+    assert all(torch.equal(x, y) for x, y in zip(first, second))
+    assert not torch.equal(first[0], s2s.AdditionGenerator(3, 6).batch(2, 64)[0])
+    with pytest.raises(ValueError, match="difficulty=4: must be between 1 and 3"):
+        s2s.AdditionGenerator(3, 0).operands(4, 1)
+
+
+def test_sequence_accuracy_is_exact_match_and_greedy_feeds_back_its_argmax():
+    torch.manual_seed(0)
+    model = s2s.Seq2SeqAdder(hidden=8, layers=2, zoneout_cell=0.05, zoneout_hidden=0.0, init_range=0.08)
+    assert isinstance(model.decoder[0], s2s.ZoneoutLSTMCell) and model.decoder[0].zoneout_cell == 0.05
+    inputs, targets = s2s.AdditionGenerator(2, 0).batch(2, 16)
+    model.eval()
+    predicted = model.greedy(inputs, targets.shape[1])
+    # Greedy = teacher forcing on its own outputs (eval: zoneout's expectation, no noise, so deterministic).
+    assert torch.equal(model(inputs, predicted).argmax(-1), predicted)
+    assert s2s.sequence_accuracy(model, inputs, predicted) == 1.0
+    wrong = predicted.clone()
+    wrong[0, -1] = (wrong[0, -1] + 1) % len(s2s.SYMBOLS)  # one symbol off, padding included: that example fails
+    assert s2s.sequence_accuracy(model, inputs, wrong) == pytest.approx(15 / 16)
+
+
+@pytest.fixture(scope="module")
+def seq2seq_report(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("seq2seq")
+    assert s2s.main(["--scale", "quick", "--seeds", "0", "1", "--epochs", "2", "--out-dir", str(out_dir)]) == 0
+    return json.loads((out_dir / "toy_seq2seq_addition.json").read_text()), out_dir
+
+
+def test_seq2seq_end_to_end(seq2seq_report):
+    report, out_dir = seq2seq_report
+    assert report["scale"] == "quick" and report["seeds"] == [0, 1] and report["settings"]["epochs"] == 2
+    assert report["device"].startswith("cpu") and report["commit"] and "ours" in report["generator"].lower()
+    for variant in report["variants"].values():
+        assert [run["seed"] for run in variant["runs"]] == [0, 1]
+        for run in variant["runs"]:
+            assert [h["epoch"] for h in run["history"]] == [1, 2] and run["history"][0]["difficulty"] == 1
+            assert 0.0 <= run["test_accuracy"] <= 1.0 and set(run["test_accuracy_by_difficulty"]) == {"1", "2"}
+    markdown = (out_dir / "toy_seq2seq_addition.md").read_text()
+    assert "QUICK SCALE" in markdown and "Verdict:" in markdown and "Generator:" in markdown
+    assert (out_dir / "toy_seq2seq_addition.png").stat().st_size > 0
+
+
+def test_curriculum_advances_and_decays_the_learning_rate(monkeypatch):
+    """With the validation error scripted: below 0.10 moves up a level; at the top, a rise multiplies lr by 0.95."""
+    errors = iter([0.5, 0.05, 0.3, 0.2, 0.4, 0.1])
+    monkeypatch.setattr(s2s, "sequence_accuracy", lambda *args: 1.0 - next(errors))
+    settings = dict(spec("toy_seq2seq_addition")["scales"]["quick"], hidden=4, epochs=6, batches_per_epoch=1)
+    history = s2s.train(settings, {"name": "none", "zoneout_cell": 0.0, "zoneout_hidden": 0.0}, 0)["history"]
+    assert [h["difficulty"] for h in history] == [1, 1, 2, 2, 2, 2]
+    # epoch 4 (0.2 < 0.3) keeps lr; epoch 5 (0.4 > 0.2) decays it, seen from epoch 6; epoch 6 falls again.
+    assert [h["lr"] for h in history] == pytest.approx([0.01] * 5 + [0.0095])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scale", "paperr"], "--scale=paperr: unknown; allowed: paper, long, quick"),
+    (["--epochs", "0"], "--epochs=0: must be a positive integer"),
+    (["--max-difficulty", "-1"], "--max-difficulty=-1: must be a positive integer"),
+    (["--seeds", "2", "2"], "--seeds=2 2: each seed once")])
+def test_seq2seq_bad_arguments_fail_in_one_line(capsys, tmp_path, args, message):
+    assert s2s.main(args + ["--out-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not list(tmp_path.iterdir())

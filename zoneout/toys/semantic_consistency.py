@@ -124,6 +124,7 @@ def run(args, started: float) -> dict:
     settings = scale_settings(spec, args.scale)
     check_settings(settings, args)
     variants = check_common(args, spec)
+    metadata = run_metadata(args)  # now: the commit of the code that runs, not of the tree when it ends
     seq_len, noise_p = settings["seq_len"], max(v["zoneout"] for v in spec["variants"])
     eval_inputs = torch.randn(settings["eval_examples"], settings["dim"], dtype=torch.float64,
                               generator=torch.Generator().manual_seed(123_456))  # fixed for every run
@@ -141,7 +142,7 @@ def run(args, started: float) -> dict:
             print(f"seed {seed} {variant['name']}: consistency {state['consistency']:+.3f}, |W - I| "
                   f"{state['dist_to_identity']:.3f}, |W + I| {state['dist_to_minus_identity']:.3f}, loss under noise "
                   f"{state['loss_under_noise']:.4f} ({trained['seconds']:.0f} s)", file=sys.stderr)
-    report = {"toy": TOY, **run_metadata(args), "settings": settings, "mask": args.mask, "noise_p": noise_p,
+    report = {"toy": TOY, **metadata, "settings": settings, "mask": args.mask, "noise_p": noise_p,
               "variants": results, "wall_seconds": time.perf_counter() - started}
     markdown = render_markdown(spec, report)
     out_dir = default_out_dir(args)
@@ -212,7 +213,9 @@ def plot(plt, report: dict):
             axes[0].plot(steps, [point["train_loss"] for point in run["curve"]], color=colour, alpha=0.7, label=label)
             axes[1].plot(steps, [point["consistency"] for point in run["curve"]], color=colour, alpha=0.7, label=label)
             axes[2].plot(range(len(run["similarity"])), run["similarity"], "o-", color=colour, alpha=0.6, label=label)
-    axes[0].set(yscale="log", xlabel="SGD step", ylabel="training loss per example (window mean)")
+    # Both losses fall to float64 round-off (1e-40 and below) once W is exactly -I or I: cut the axis at 1e-8.
+    axes[0].set(yscale="log", xlabel="SGD step", ylabel="training loss per example (window mean, own noise)",
+                ylim=(1e-8, 30))
     axes[1].set(xlabel="SGD step", ylabel="consistency: mean_t cos(h_t, x), no noise", ylim=(-1.05, 1.05))
     axes[2].set(xlabel="step t of the map", ylabel="cos(h_t, x) after training, no noise", ylim=(-1.05, 1.05))
     for axis in axes:
