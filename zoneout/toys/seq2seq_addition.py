@@ -235,9 +235,8 @@ def render_markdown(spec: dict, report: dict) -> str:
              f"{report['device']}; torch {report['torch']}; commit {report['commit']}; wall time "
              f"{report['wall_seconds'] / 60:.1f} min.", "", f"Generator: {report['generator']}", "",
              f"| variant | test accuracy at {top} digits | per seed | " +
-             " | ".join(f"{d} digits" for d in range(1, top)) + (" | " if top > 1 else "") +
-             "epoch the maximum was reached | final lr | s per run |",
-             "|---" * (top + 6) + "|"]
+             "".join(f"{d}-digit test | " for d in range(1, top)) + "epoch the maximum was reached | final lr | s per run |",
+             "|---" * (top + 5) + "|"]
     for variant in report["variants"].values():
         runs = variant["runs"]
         lower = [fmt([r["test_accuracy_by_difficulty"][d] for r in runs]) for d in range(1, top)]
@@ -246,7 +245,9 @@ def render_markdown(spec: dict, report: dict) -> str:
                      "".join(f"{value} | " for value in lower) +
                      f"{', '.join(str(r['epoch_reached_max'] or 'never') for r in runs)} | "
                      f"{fmt([r['final_lr'] for r in runs], 5)} | {mean_std([r['seconds'] for r in runs])[0]:.0f} |")
-    lines += ["", f"The claim checked: {spec['claim']}.", "", verdict(report), ""]
+    lines += ["", "Lower difficulties: the curriculum trains at the current level only (the original's rule), so once it "
+              "moves on the model never sees the shorter inputs again and forgets them.", "",
+              f"The claim checked: {spec['claim']}.", "", verdict(report), ""]
     return "\n".join(lines)
 
 
@@ -259,10 +260,10 @@ def verdict(report: dict) -> str:
     n = len(zoneout)
     stderr = ((sz ** 2 + sn ** 2) / n) ** 0.5 if n > 1 else None
     wins = sum(z > b for z, b in zip(zoneout, none))
-    noise = "" if stderr is None else (f" ± {stderr:.3f}" + (", within seed noise (< 2 standard errors)"
-                                                              if abs(mz - mn) < 2 * stderr else ""))
-    return (f"Verdict: zoneout − none = {mz - mn:+.3f}{noise} test accuracy at the maximum difficulty; zoneout higher "
-            f"in {wins}/{n} seeds.")
+    noise = "" if stderr is None else f" ± {stderr:.3f}"
+    within = " (within seed noise: < 2 standard errors)" if stderr is not None and abs(mz - mn) < 2 * stderr else ""
+    return (f"Verdict: test accuracy at the maximum difficulty, zoneout − none = {mz - mn:+.3f}{noise}{within}; "
+            f"zoneout higher in {wins}/{n} seeds.")
 
 
 def plot(plt, report: dict):
