@@ -24,7 +24,8 @@ TABLE_fig3 := fig3_zoneout_grid
 TABLE_gru-rnn := text_gru_rnn
 TABLES := ptb-char ptb-word text8 pmnist fig3 gru-rnn
 
-.PHONY: evidence help install data data-text8 test test-fast smoke bench replicate-gradient-flow $(addprefix replicate-,$(TABLES)) clean
+.PHONY: evidence help install data data-text8 test test-fast smoke bench replicate-gradient-flow replicate-semantic-consistency \
+	replicate-seq2seq-addition $(addprefix replicate-,$(TABLES)) clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
@@ -70,6 +71,15 @@ $(addprefix replicate-,$(TABLES)): replicate-%:
 
 replicate-gradient-flow: data  ## Figure 6: per-timestep gradient norms after one pMNIST epoch (SEEDS="0 1 2") -> results/<scale>/gradient_flow.{png,md,json}
 	$(BIN)/python scripts/gradient_flow.py --scale $(SCALE) --seeds $(SEEDS)
+
+# The toys run seeds 0 1 2 unless SEEDS is given on the command line or in the environment.
+TOY_SEEDS = $(if $(filter file,$(origin SEEDS)),0 1 2,$(SEEDS))
+
+replicate-semantic-consistency: install  ## original repo's toy: h <- hW, zoneout 0.1 vs none (SCALE=paper|quick, ~5 CPU min) -> results/<scale>/toy_semantic_consistency.{md,json,png}
+	$(BIN)/python -m zoneout.toys.semantic_consistency --scale $(SCALE) --seeds $(TOY_SEEDS)
+
+replicate-seq2seq-addition: install  ## original repo's toy: seq2seq LSTM addition with a curriculum, z_c 0.05 vs none -> results/<scale>/toy_seq2seq_addition.{md,json,png}
+	$(BIN)/python -m zoneout.toys.seq2seq_addition --scale $(SCALE) --seeds $(TOY_SEEDS)
 
 bench: install  ## fused vs reference vs nn.LSTM training-step benchmark + speech/TTS rows -> results/bench_<device>.md
 	$(BIN)/python scripts/bench.py
