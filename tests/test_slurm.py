@@ -25,8 +25,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_SLURM = ROOT / "scripts" / "local_slurm.sh"
-# Smoke size: 5 epochs of 150 steps (about a second each here), long enough to interrupt after epoch 1.
-SMOKE = ["model.hidden_size=16", "trainer.max_epochs=5", "trainer.max_steps_per_epoch=150", "trainer.eval_max_batches=2",
+# Smoke size: 6 epochs of 200 steps (about a second each here): a job interrupted after epoch 1 is still
+# mid-run when Slurm kills it (KillWait=2 s after the SIGTERM, which submitit ignores).
+EPOCHS = 6
+SMOKE = ["model.hidden_size=16", f"trainer.max_epochs={EPOCHS}", "trainer.max_steps_per_epoch=200", "trainer.eval_max_batches=2",
          "trainer.eval_stream=false", "trainer.progress=false", "dataset.eval_batch_size=256", "trainer.threads=1",
          "device=cpu", "dataset.mirror=null"]
 TINY = [*SMOKE[:1], "trainer.max_epochs=2", "trainer.max_steps_per_epoch=5", *SMOKE[3:]]
@@ -145,11 +147,11 @@ def test_table_through_slurm_equals_sequential_and_requeued_jobs_resume(slurm_en
     for row in rows:
         for seed in seeds:
             plain, slurmed = summary(sequential, row, seed), summary(through_slurm, row, seed)
-            assert slurmed["status"] == "finished" and slurmed["epochs_run"] == plain["epochs_run"] == 5
+            assert slurmed["status"] == "finished" and slurmed["epochs_run"] == plain["epochs_run"] == EPOCHS
             assert close(slurmed["test"], plain["test"]) and close(slurmed["best_valid"], plain["best_valid"])
             assert slurmed["best_epoch"] == plain["best_epoch"]
             if (row, seed) in interrupted:  # resumed from last.pt, not restarted
-                assert 1 <= slurmed["resumed_from_epoch"] < 5, slurmed
+                assert 1 <= slurmed["resumed_from_epoch"] < EPOCHS, slurmed
                 restarts = slurm(slurm_env, "scontrol", "-o", "show", "job", job_ids[row, seed])
                 assert "Restarts=0" not in restarts
                 with capsys.disabled():
