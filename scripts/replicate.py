@@ -80,8 +80,9 @@ def run_teeing_stderr(command: list[str], keep: int = 40) -> tuple[int, list[str
 
 def launcher_error(tail: list[str]) -> str:
     """The launcher's last line that names an error (Hydra ends with a hint about HYDRA_FULL_ERROR)."""
-    named = [line for line in tail if "error" in line.lower() and "HYDRA_FULL_ERROR" not in line]
-    return (named or tail or ["no output"])[-1].strip()
+    lines = [line.strip() for line in tail if "HYDRA_FULL_ERROR" not in line]
+    named = [line for line in lines if any(word in line.lower() for word in ("error", "failed", "exception"))]
+    return (named or lines or ["no output"])[-1]
 
 
 def slurm_jobs_left(submitit_dir: Path, since: float) -> list[str]:
