@@ -9,7 +9,8 @@ SEEDS ?= 0
 OVERRIDES ?=
 # Only these rows of the table (their names in experiments/<table>.yaml), e.g. ROWS="unregularized zoneout".
 ROWS ?=
-# How a replicate target runs its rows: sequential | joblib (Hydra joblib launcher, rows in parallel) | slurm.
+# How a replicate target runs its rows: sequential | joblib (Hydra joblib launcher, rows in parallel) | slurm
+# (one Slurm job per row and seed; installs the optional [slurm] extra first; see the README's "On a cluster").
 LAUNCHER ?= sequential
 # The shared data folder beside this checkout is used as a local mirror when it exists.
 SHARED_DATA := $(abspath $(wildcard ../shared/data))
@@ -24,8 +25,8 @@ TABLE_fig3 := fig3_zoneout_grid
 TABLE_gru-rnn := text_gru_rnn
 TABLES := ptb-char ptb-word text8 pmnist fig3 gru-rnn
 
-.PHONY: evidence help install data data-text8 test test-fast smoke bench replicate-gradient-flow replicate-semantic-consistency \
-	replicate-seq2seq-addition $(addprefix replicate-,$(TABLES)) clean
+.PHONY: evidence help install install-slurm slurm-vs-sequential data data-text8 test test-fast smoke bench \
+	replicate-gradient-flow replicate-semantic-consistency replicate-seq2seq-addition $(addprefix replicate-,$(TABLES)) clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
@@ -36,6 +37,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
+	@touch $@
+
+install-slurm: $(VENV)/.installed-slurm  ## the optional Slurm launcher: pip install -e .[slurm] (LAUNCHER=slurm does it itself)
+
+$(VENV)/.installed-slurm: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e '.[slurm]'
 	@touch $@
 
 data: install  ## fetch + verify PTB (word, char) and MNIST (mirror: ../shared/data when present)
@@ -65,7 +72,7 @@ replicate-text8: data-text8  ## Table 1 text8 rows, then the table
 replicate-pmnist: data  ## Table 2 permuted-MNIST rows, then the table
 replicate-fig3: data  ## Figure 3 (left): the zoneout probability grid on char-PTB
 replicate-gru-rnn: data  ## GRU and tanh-RNN with/without zoneout on char-PTB (numbers in the paper's text)
-$(addprefix replicate-,$(TABLES)): replicate-%:
+$(addprefix replicate-,$(TABLES)): replicate-%: $(if $(filter slurm,$(LAUNCHER)),install-slurm)
 	$(BIN)/python scripts/replicate.py $(TABLE_$*) $(OVERRIDES) --scale $(SCALE) --seeds $(SEEDS) --launcher $(LAUNCHER) \
 		$(if $(strip $(ROWS)),--rows $(ROWS))
 
@@ -80,6 +87,9 @@ replicate-semantic-consistency: install  ## original repo's toy: h <- hW, zoneou
 
 replicate-seq2seq-addition: install  ## original repo's toy: seq2seq LSTM addition with a curriculum, z_c 0.05 vs none -> results/<scale>/toy_seq2seq_addition.{md,json,png}
 	$(BIN)/python -m zoneout.toys.seq2seq_addition --scale $(SCALE) --seeds $(TOY_SEEDS)
+
+slurm-vs-sequential: data install-slurm  ## wall time of the 2-seed quick char-PTB table: sequential vs a local Slurm -> results/quick/slurm_vs_sequential.md
+	scripts/slurm_vs_sequential.sh
 
 bench: install  ## fused vs reference vs nn.LSTM training-step benchmark + speech/TTS rows -> results/bench_<device>.md
 	$(BIN)/python scripts/bench.py

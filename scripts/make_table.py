@@ -32,6 +32,11 @@ def runs_root() -> Path:
     return Path(os.environ.get("ZONEOUT_RUNS_DIR", ROOT / "runs"))
 
 
+def results_root() -> Path:
+    """Where tables are written: results/ (ZONEOUT_RESULTS_DIR elsewhere, e.g. for tests)."""
+    return Path(os.environ.get("ZONEOUT_RESULTS_DIR", ROOT / "results"))
+
+
 def scales() -> list[str]:
     """The scales configs/scale/ defines (paper, quick, small, ...)."""
     return sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "scale").glob("*.yaml"))
@@ -51,7 +56,7 @@ KEPT_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
 
 
 def kept_runs_dir(scale: str, out_dir: Path | None = None) -> Path:
-    return (out_dir or ROOT / "results" / scale) / "runs"
+    return (out_dir or results_root() / scale) / "runs"
 
 
 def find_runs(scale: str, experiment: str, out_dir: Path | None = None) -> list[tuple[dict, Path]]:
@@ -190,7 +195,7 @@ def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path
         rows.append(entry)
         by_name[row["name"]] = entry
         curves.extend(row_curves)
-    out_dir = out_dir or ROOT / "results" / scale
+    out_dir = out_dir or results_root() / scale
     lost = rows_it_would_lose(out_dir / f"{spec['table']}.csv", rows)
     if lost and not force:
         raise ValueError(f"{out_dir / spec['table']}.md has results for {len(lost)} row(s) with no finished run under "

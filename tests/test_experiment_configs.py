@@ -333,6 +333,12 @@ def test_slurm_launcher_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.nodes == 1
+    assert launcher.cpus_per_task == 4 and launcher.mem_gb == 32
+    # A CPU row asks for no GPU (a CPU-only cluster must schedule it), and for the threads it uses.
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cpu = compose("config", overrides=["experiment=ptb_char/zoneout", "hydra/launcher=slurm", "device=cpu",
+                                           "trainer.threads=1"], return_hydra_config=True).hydra.launcher
+    assert cpu.gpus_per_node is None and cpu.cpus_per_task == 1 and cpu.mem_gb == 8
     try:
         from dataclasses import fields
 

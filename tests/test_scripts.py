@@ -349,3 +349,39 @@ def test_make_table_takes_the_newest_run_of_a_seed_found_twice(tmp_path, monkeyp
     [(summary, folder)] = make_table.find_runs("quick", "ptb_char/zoneout")
     assert folder == new and summary["test"] == 1.4
     assert "using the newest" in capsys.readouterr().err
+
+
+def test_replicate_multirun_reports_each_unfinished_row_and_seed(runs, monkeypatch, capsys):
+    """A multirun has one exit status for all jobs: each (row, seed) is read from its run folder."""
+    root, _ = runs
+    import os
+    import time
+
+    stale = write_run(root, "ptb_char/weight_noise", 0, 1.6, 1.5, status="running")
+    (stale / "error.txt").write_text("an earlier attempt's error\n")
+    os.utime(stale / "error.txt", (time.time() - 3600, time.time() - 3600))  # before this attempt: not reported
+
+    def launcher(command):
+        failed = root / "quick" / "ptb_char" / "norm_stabilizer" / "seed0"
+        failed.mkdir(parents=True)
+        (failed / "error.txt").write_text("regularizer.norm_stabilizer=-1: must be a number >= 0\n")
+        diverged = write_run(root, "ptb_char/stochastic_depth", 0, 1.6, 1.5, status="diverged")
+        summary = json.loads((diverged / "summary.json").read_text())
+        (diverged / "summary.json").write_text(json.dumps({**summary, "error": "epoch 2: validation loss nan\nmore"}))
+        return 1, ["Traceback (most recent call last):", "JobFailed: regularizer.norm_stabilizer=-1: must be ...",
+                   "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]
+
+    monkeypatch.setattr(replicate, "run_teeing_stderr", launcher)
+    monkeypatch.setattr(replicate, "build_table", lambda *args, **kwargs: [])
+    monkeypatch.setattr(sys, "argv", ["replicate.py", "table1_ptb_char", "--scale", "quick", "--launcher", "joblib",
+                                      "--rows", "weight_noise", "norm_stabilizer", "stochastic_depth", "zoneout"])
+    assert replicate.main() == 1
+    error = capsys.readouterr().err
+    assert error.splitlines() == [
+        "error: 3 of 4 run(s) did not finish:",
+        "  row weight_noise (ptb_char/weight_noise) seed 0: stopped while running with no error recorded (killed?); "
+        "a rerun resumes from last.pt",
+        "  row norm_stabilizer (ptb_char/norm_stabilizer) seed 0: regularizer.norm_stabilizer=-1: must be a number >= 0",
+        "  row stochastic_depth (ptb_char/stochastic_depth) seed 0: epoch 2: validation loss nan",
+    ]  # zoneout seed 0 finished (the fixture's run)
+    assert replicate.launcher_error(["a", "JobFailed: x", "Set the environment variable HYDRA_FULL_ERROR=1 ..."]) == "JobFailed: x"

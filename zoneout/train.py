@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from zoneout import checkpoint
@@ -186,7 +187,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     optimizer = build_optimizer(cfg.optim, model.parameters())
     weight_noise = WeightNoise(cfg.regularizer.weight_noise) if cfg.regularizer.weight_noise else None
     config_dict = OmegaConf.to_container(cfg, resolve=True)
-    start_epoch, best, bad_epochs, history = 1, None, 0, []
+    start_epoch, best, bad_epochs, history, resumed_from = 1, None, 0, [], None
     last_path, best_path, summary_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "summary.json"
     if cfg.trainer.resume and summary_path.exists():
         done = json.loads(summary_path.read_text())
@@ -204,6 +205,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"], generator)
         start_epoch, best, bad_epochs, history = state["epoch"] + 1, state["best"], state["bad_epochs"], state["history"]
+        resumed_from = state["epoch"]
         print(f"resuming {cfg.name} from epoch {state['epoch']} ({last_path})", file=sys.stderr)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -211,6 +213,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     summary = {"name": cfg.name, "dataset": cfg.dataset.name, "model": cfg.model.cell, "regularizer": cfg.regularizer.name,
                "metric": task.metric, "scale": cfg.scale_name, "seed": cfg.seed, "device": describe_device(device),
                "commit": git_commit(), "parameters": sum(p.numel() for p in model.parameters()), "status": "running"}
+    if resumed_from is not None:
+        summary["resumed_from_epoch"] = resumed_from  # this process continued from last.pt (e.g. a requeued job)
     wall_start = time.perf_counter()
     try:
         epoch = start_epoch - 1
@@ -267,23 +271,55 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         logger.finish()
 
 
+ERROR_FILE = "error.txt"  # a failed run's one-line error, in its run folder (read by scripts/replicate.py)
+
+
+class JobFailed(RuntimeError):
+    """A multirun job's failure, raised (not sys.exit) so the launcher records it and runs the other jobs."""
+
+
+def slurm_requeued() -> bool:
+    """True in a Slurm job that was requeued (preempted, `scontrol requeue`, or submitit's time-limit requeue)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
+def job_failed(run_dir: Path, message: str, status: int, multirun: bool) -> None:
+    atomic_write_text(run_dir / ERROR_FILE, message + "\n")
+    if multirun:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise JobFailed(message)
+    fail(message, status)
+
+
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if slurm_requeued() and not cfg.trainer.resume:
+        # A requeued job reruns the command it was submitted with: continue, never restart from scratch.
+        print(f"Slurm requeued this job (SLURM_RESTART_COUNT={os.environ['SLURM_RESTART_COUNT']}): "
+              "trainer.resume=true", file=sys.stderr)
+        with open_dict(cfg):
+            cfg.trainer.resume = True
     try:
         train(cfg, run_dir)
     except (ConfigError, ModelConfigError) as error:
-        fail(str(error))
+        job_failed(run_dir, str(error), 2, multirun)
     except Diverged as error:
-        fail(f"training diverged ({error}); the last good checkpoint is {run_dir / 'last.pt'}", status=3)
+        job_failed(run_dir, f"training diverged ({error}); the last good checkpoint is {run_dir / 'last.pt'}", 3, multirun)
     except Exception as error:  # data errors and the like: one line, not a traceback
         from zoneout.data import DataError
 
         if isinstance(error, DataError):
-            fail(str(error))
+            job_failed(run_dir, str(error), 2, multirun)
+        lines = str(error).strip().splitlines()
+        atomic_write_text(run_dir / ERROR_FILE, f"{type(error).__name__}: {lines[0] if lines else ''}\n")
         raise
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's error no longer applies
 
 
 def main() -> None:

@@ -1,0 +1,213 @@
+"""The replicate targets through Slurm, on a real single-node cluster started by scripts/local_slurm.sh:
+every row a Slurm job (the table equals the sequential launcher's), a requeued job (`scontrol requeue`)
+and a preempted one (USR2, submitit's requeue) resume from last.pt and end with an uninterrupted run's
+metrics, and a failed job is reported with its row, seed and error while the table is built from the rest.
+
+Marked `slurm`; skipped with the reason when slurm-wlm/munge or the [slurm] extra is missing or the
+daemons cannot start (ZONEOUT_REQUIRE_SLURM=1 turns that skip into a failure). The joblib multirun
+and Makefile checks at the end need no Slurm.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_SLURM = ROOT / "scripts" / "local_slurm.sh"
+# Smoke size: 6 epochs of 200 steps (about a second each here): a job interrupted after epoch 1 is still
+# mid-run when Slurm kills it (KillWait=2 s after the SIGTERM, which submitit ignores).
+EPOCHS = 6
+SMOKE = ["model.hidden_size=16", f"trainer.max_epochs={EPOCHS}", "trainer.max_steps_per_epoch=200", "trainer.eval_max_batches=2",
+         "trainer.eval_stream=false", "trainer.progress=false", "dataset.eval_batch_size=256", "trainer.threads=1",
+         "device=cpu", "dataset.mirror=null"]
+TINY = [*SMOKE[:1], "trainer.max_epochs=2", "trainer.max_steps_per_epoch=5", *SMOKE[3:]]
+ROWS = {"unregularized": "ptb_char/unregularized", "zoneout": "ptb_char/zoneout"}
+
+
+def close(a: float, b: float) -> bool:  # the tolerance of test_sigkill_then_resume_matches_uninterrupted
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    """A running local Slurm for this module: the environment that reaches it (SLURM_CONF, PATH)."""
+    missing = [tool for tool in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(tool) is None]
+    reason = None
+    if missing:
+        reason = f"Slurm is not installed ({', '.join(missing)} missing; apt-get install -y slurm-wlm munge)"
+    else:
+        try:
+            import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+            import submitit  # noqa: F401
+        except ImportError:
+            reason = "the [slurm] extra is not installed (make install-slurm, or pip install -e .[slurm])"
+    folder = Path(tempfile.mkdtemp(prefix="zoneout-slurm-"))  # short: munge's socket path must fit 108 bytes
+    if reason is None:
+        started = subprocess.run([str(LOCAL_SLURM), "start", str(folder)], capture_output=True, text=True, timeout=180)
+        if started.returncode != 0:
+            reason = "local Slurm could not start: " + next(iter(started.stderr.strip().splitlines()), "no output")
+    if reason is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("ZONEOUT_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "PATH": f"{folder / 'bin'}:{os.environ['PATH']}"}
+    finally:
+        subprocess.run([str(LOCAL_SLURM), "stop", str(folder)], timeout=180)
+
+
+def replicate_command(launcher: str, rows: list[str], seeds: list[int], *overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / "replicate.py"), "table1_ptb_char", *overrides, "--scale", "quick",
+            "--logger", "csv", "--launcher", launcher, "--seeds", *map(str, seeds), "--rows", *rows]
+
+
+def table_env(base: dict, folder: Path) -> dict:
+    return {**base, "ZONEOUT_RUNS_DIR": str(folder / "runs"), "ZONEOUT_RESULTS_DIR": str(folder / "results")}
+
+
+def summary(folder: Path, row: str, seed: int) -> dict:
+    return json.loads((folder / "runs" / "quick" / ROWS[row] / f"seed{seed}" / "summary.json").read_text())
+
+
+def table(folder: Path) -> dict:
+    with (folder / "results" / "quick" / "table1_ptb_char.csv").open() as handle:
+        return {row["experiment"]: row for row in csv.DictReader(handle)}
+
+
+def slurm(env: dict, *args: str) -> str:
+    done = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{' '.join(args)}: {done.stderr.strip()}"
+    return done.stdout.strip()
+
+
+def job_state(env: dict, job_id: str) -> str:
+    line = slurm(env, "scontrol", "-o", "show", "job", job_id)
+    return next(field.split("=", 1)[1] for field in line.split() if field.startswith("JobState="))
+
+
+def interrupt_and_release(env: dict, run_dirs: dict, deadline: float) -> dict:
+    """For each run (key -> (run dir, how)): once its last.pt exists (epoch 1 done), requeue its Slurm job,
+    by `scontrol requeue` (what an admin or a preempting partition does) or by USR2 (the signal Slurm
+    sends before a time limit or a preemption: submitit checkpoints the call and requeues itself); then,
+    once Slurm holds it as requeued (~2 minutes of BeginTime), start it now. Returns key -> job id."""
+    job_ids, released = {}, set()
+    while len(released) < len(run_dirs):
+        assert time.time() < deadline, f"interrupted {job_ids}, released {released}"
+        for key, (run_dir, how) in run_dirs.items():
+            if key not in job_ids and (run_dir / "last.pt").exists():
+                hydra_yaml = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())
+                job_id = job_ids[key] = str(hydra_yaml["hydra"]["job"]["id"])  # the launcher sets the Slurm job id
+                slurm(env, *(["scontrol", "requeue", job_id] if how == "requeue" else ["scancel", "--signal=USR2", job_id]))
+            elif key in job_ids and key not in released and job_state(env, job_ids[key]) == "PENDING":
+                slurm(env, "scontrol", "update", f"JobId={job_ids[key]}", "StartTime=now")
+                released.add(key)
+        time.sleep(0.1)
+    return job_ids
+
+
+@pytest.mark.slurm
+def test_table_through_slurm_equals_sequential_and_requeued_jobs_resume(slurm_env, prepared_data_dir, tmp_path, capsys):
+    rows, seeds = ["unregularized", "zoneout"], [0, 1]
+    overrides = [*SMOKE, f"dataset.data_dir={prepared_data_dir}"]
+    sequential, through_slurm = tmp_path / "sequential", tmp_path / "slurm"
+    done = subprocess.run(replicate_command("sequential", rows, seeds, *overrides), cwd=ROOT,
+                          env=table_env(slurm_env, sequential), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    start = time.time()
+    deadline = start + 600
+    process = subprocess.Popen(replicate_command("slurm", rows, seeds, *overrides), cwd=ROOT,
+                               env=table_env(slurm_env, through_slurm), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)  # its own group: killed whole on failure
+    try:
+        runs = through_slurm / "runs" / "quick"
+        interrupted = {("unregularized", 0): "requeue", ("zoneout", 1): "usr2"}
+        job_ids = interrupt_and_release(slurm_env, {(row, seed): (runs / ROWS[row] / f"seed{seed}", how)
+                                                    for (row, seed), how in interrupted.items()}, deadline)
+        output, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)  # replicate.py and the Hydra driver it started
+            process.wait()
+    wall = time.time() - start
+    assert process.returncode == 0, output[-3000:]
+
+    for row in rows:
+        for seed in seeds:
+            plain, slurmed = summary(sequential, row, seed), summary(through_slurm, row, seed)
+            assert slurmed["status"] == "finished" and slurmed["epochs_run"] == plain["epochs_run"] == EPOCHS
+            assert close(slurmed["test"], plain["test"]) and close(slurmed["best_valid"], plain["best_valid"])
+            assert slurmed["best_epoch"] == plain["best_epoch"]
+            if (row, seed) in interrupted:  # resumed from last.pt, not restarted
+                assert 1 <= slurmed["resumed_from_epoch"] < EPOCHS, slurmed
+                restarts = slurm(slurm_env, "scontrol", "-o", "show", "job", job_ids[row, seed])
+                assert "Restarts=0" not in restarts
+                with capsys.disabled():
+                    print(f"\n[{interrupted[row, seed]}] {row} seed {seed}: job {job_ids[row, seed]} resumed from epoch "
+                          f"{slurmed['resumed_from_epoch']}; test BPC {slurmed['test']!r} (uninterrupted {plain['test']!r}), "
+                          f"best valid {slurmed['best_valid']!r} ({plain['best_valid']!r}), best epoch "
+                          f"{slurmed['best_epoch']} ({plain['best_epoch']})")
+            else:
+                assert "resumed_from_epoch" not in slurmed
+    # The table built from the Slurm run folders is the sequential launcher's table.
+    ours, theirs = table(through_slurm), table(sequential)
+    assert ours.keys() == theirs.keys()
+    for experiment, row in ours.items():
+        for column in ("valid_mean", "test_mean", "test_std", "n_seeds"):
+            if theirs[experiment][column] in ("", None):
+                assert row[column] in ("", None)
+            else:
+                assert close(float(row[column]), float(theirs[experiment][column])), (experiment, column)
+    with capsys.disabled():
+        print(f"[slurm] 2 rows x 2 seeds through Slurm (two jobs requeued) in {wall:.0f} s")
+
+
+@pytest.mark.slurm
+def test_a_failed_slurm_job_is_reported_and_the_table_built_from_the_rest(slurm_env, prepared_data_dir, tmp_path):
+    # stochastic depth is valid for the unregularized row but cannot be combined with zoneout
+    done = subprocess.run(replicate_command("slurm", ["unregularized", "zoneout"], [0], *TINY,
+                                            f"dataset.data_dir={prepared_data_dir}", "regularizer.stochastic_depth=0.1"),
+                          cwd=ROOT, env=table_env(slurm_env, tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert ("error: 1 of 2 run(s) did not finish:\n  row zoneout (ptb_char/zoneout) seed 0: regularizer.stochastic_depth: "
+            "cannot be combined with zoneout") in done.stderr
+    built = table(tmp_path)
+    assert built["ptb_char/unregularized"]["n_seeds"] == "1" and built["ptb_char/zoneout"]["n_seeds"] == "0"
+    assert not (tmp_path / "runs" / "quick" / "ptb_char" / "zoneout" / "seed0" / "summary.json").exists()
+    assert not [p for p in (tmp_path / "results").rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_a_diverged_multirun_job_is_reported_with_its_row_and_seed(prepared_data_dir, tmp_path):
+    """The same report for the joblib launcher (no Slurm needed): a diverged row, the other row's table."""
+    env = table_env(os.environ, tmp_path)
+    command = replicate_command("joblib", ["zoneout"], [0, 1], *TINY, f"dataset.data_dir={prepared_data_dir}",
+                                "optim.lr=1e9", "hydra.launcher.n_jobs=1")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    start = lines.index("error: 2 of 2 run(s) did not finish:")
+    for seed, line in zip((0, 1), lines[start + 1:start + 3]):
+        assert line.startswith(f"  row zoneout (ptb_char/zoneout) seed {seed}: training diverged (epoch 1"), line
+    assert table(tmp_path)["ptb_char/zoneout"]["n_seeds"] == "0"
+
+
+def test_make_slurm_launcher_installs_the_extra_and_passes_the_launcher():
+    dry = subprocess.run(["make", "-n", "-B", "replicate-ptb-char", "LAUNCHER=slurm", "SCALE=quick", "SEEDS=0 1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "pip install -q -e '.[slurm]'" in dry.stdout
+    assert "scripts/replicate.py table1_ptb_char  --scale quick --seeds 0 1 --launcher slurm" in dry.stdout
+    plain = subprocess.run(["make", "-n", "-B", "replicate-ptb-char"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ".[slurm]" not in plain.stdout
