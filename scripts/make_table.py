@@ -99,6 +99,15 @@ def fmt(mean: float, std: float, n: int, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
 
 
+def capped(summary: dict, run_dir: Path) -> bool:
+    """The run was ended by trainer.max_epochs, not by early stopping: it may still have been improving."""
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return False
+    max_epochs = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("max_epochs")
+    return max_epochs is not None and summary["epochs_run"] >= max_epochs
+
+
 def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tuple[dict, list]:
     """One table row (our mean ± std over the runs' seeds, the paper's figures) and its curves, one
     (label, epochs, valid values, train values) per seed."""
@@ -110,7 +119,7 @@ def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tupl
         valid = mean_std([s["best_valid"] for s, _ in runs])
         test = mean_std([s["test"] for s, _ in runs])
         entry.update({"valid_mean": valid[0], "valid_std": valid[1], "test_mean": test[0], "test_std": test[1],
-                      "epochs": "/".join(str(s["epochs_run"]) for s, _ in runs),
+                      "epochs": "/".join(str(s["epochs_run"]) + ("*" if capped(s, d) else "") for s, d in runs),
                       "seeds": " ".join(str(s["seed"]) for s, _ in runs),
                       "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
         for summary, run_dir in runs:
@@ -240,6 +249,9 @@ def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> st
             lines.append(f"| {label} | {fmt(r['valid_mean'], r['valid_std'], r['n_seeds'], digits)} | "
                          f"{fmt(r['test_mean'], r['test_std'], r['n_seeds'], digits)} | {show(r['paper_valid'])} | "
                          f"{show(r['paper_test'])} | {delta} | {r['epochs']} | {r['seeds']} | {r['device']} | {r['commit']} |")
+    if any("*" in str(r.get("epochs", "")) for r in rows):
+        lines += ["", "\\* stopped by the epoch cap (`trainer.max_epochs`), not by early stopping: that run may still "
+                  "have been improving, so its row understates what it would reach."]
     return "\n".join(lines) + "\n"
 
 

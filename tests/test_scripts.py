@@ -385,3 +385,17 @@ def test_replicate_multirun_reports_each_unfinished_row_and_seed(runs, monkeypat
         "  row stochastic_depth (ptb_char/stochastic_depth) seed 0: epoch 2: validation loss nan",
     ]  # zoneout seed 0 finished (the fixture's run)
     assert replicate.launcher_error(["a", "JobFailed: x", "Set the environment variable HYDRA_FULL_ERROR=1 ..."]) == "JobFailed: x"
+
+
+def test_a_run_ended_by_the_epoch_cap_is_marked(runs, tmp_path):
+    root, _ = runs
+    capped = write_run(root, "ptb_char/weight_noise", 0, 2.0, 1.9, epochs=4, scale="small")
+    (capped / "config.yaml").write_text("trainer:\n  max_epochs: 4\n")  # ran to the cap
+    stopped = write_run(root, "ptb_char/weight_noise", 1, 2.1, 2.0, epochs=3, scale="small")
+    (stopped / "config.yaml").write_text("trainer:\n  max_epochs: 4\n")  # early stopping ended it
+    make_table.build_table(make_table.load_table_spec("table1_ptb_char"), "small", out_dir=tmp_path / "small")
+    markdown = (tmp_path / "small" / "table1_ptb_char.md").read_text()
+    assert table_line(markdown, "Weight noise (σ = 0.075)")[6] == "4*/3"
+    assert "stopped by the epoch cap" in markdown
+    # The kept copy has the config too, so the mark survives a rebuild from results/ alone.
+    assert (tmp_path / "small" / "runs" / "ptb_char" / "weight_noise" / "seed0" / "config.yaml").exists()
