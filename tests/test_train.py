@@ -107,22 +107,28 @@ def test_sigkill_then_resume_matches_uninterrupted(data_dir, tmp_path):
     assert len(killed_curve) == len(full_curve) and all(map(close, killed_curve, full_curve))
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+def corrupt_training_steps(monkeypatch, after: int, corrupt) -> dict:
+    """From training step `after + 1` on (4 steps an epoch), pass each step's result through `corrupt`."""
     from zoneout import tasks
 
     original = tasks.LanguageModelingTask.step
     calls = {"n": 0}
 
-    def poisoned(self, model, batch, state, forward=None):
+    def step(self, model, batch, state, forward=None):
         result = original(self, model, batch, state, forward)
         if model.training:
             calls["n"] += 1
-            if calls["n"] > 4:  # the first step of epoch 2
-                result.loss = result.loss * float("nan")
+            if calls["n"] > after:
+                corrupt(result)
         return result
 
-    monkeypatch.setattr(tasks.LanguageModelingTask, "step", poisoned)
-    with pytest.raises(Diverged, match="epoch 2"):
+    monkeypatch.setattr(tasks.LanguageModelingTask, "step", step)
+    return calls
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    corrupt_training_steps(monkeypatch, 4, lambda result: setattr(result, "loss", result.loss * float("nan")))
+    with pytest.raises(Diverged, match="epoch 2"):  # the first step of epoch 2
         train(tiny_cfg(data_dir, "trainer.max_epochs=3"), tmp_path)
     assert checkpoint.load(tmp_path / "last.pt")["epoch"] == 1
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
@@ -130,20 +136,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
 
 def test_exploding_loss_stops_like_a_nan_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
     """A loss far above the uniform prediction's ln(50) (finite, so no NaN check fires) ends the run."""
-    from zoneout import tasks
-
-    original = tasks.LanguageModelingTask.step
-    calls = {"n": 0}
-
-    def exploding(self, model, batch, state, forward=None):
-        result = original(self, model, batch, state, forward)
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] > 5:  # the second step of epoch 2: a finite, absurd loss
-                result.nll_sum = result.nll_sum * 1e6
-        return result
-
-    monkeypatch.setattr(tasks.LanguageModelingTask, "step", exploding)
+    calls = corrupt_training_steps(monkeypatch, 5, lambda result: setattr(result, "nll_sum", result.nll_sum * 1e6))
     with pytest.raises(Diverged, match=r"epoch 2, step 2: training loss .* above 11\.7"):  # 3 x ln(50)
         train(tiny_cfg(data_dir, "trainer.max_epochs=3"), tmp_path)
     assert checkpoint.load(tmp_path / "last.pt")["epoch"] == 1

@@ -106,3 +106,11 @@ def cli(run: Callable, parse: Callable, argv=None) -> int:
 def default_out_dir(args) -> Path:
     return Path(args.out_dir) if args.out_dir else ROOT / "results" / args.scale
 
+
+
+def publish(args, toy: str, report: dict, markdown: str, draw: Callable) -> None:
+    """Write results/<scale>/<toy>.{md,json,png} atomically and print the table."""
+    out_dir = default_out_dir(args)
+    write_outputs(out_dir, toy, report, markdown, draw)
+    print(markdown)
+    print(f"wrote {out_dir / toy}.{{md,json,png}}", file=sys.stderr)

@@ -25,8 +25,7 @@ import time
 
 import torch
 
-from zoneout.toys.common import (base_parser, check_common, cli, default_out_dir, fmt, load_spec, mean_std,
-                                 run_metadata, scale_settings, write_outputs)
+from zoneout.toys.common import (base_parser, check_common, cli, fmt, load_spec, mean_std, publish, run_metadata, scale_settings)
 
 TOY = "toy_semantic_consistency"
 MASK_MODES = ("batch_shared", "per_example")
@@ -144,11 +143,7 @@ def run(args, started: float) -> dict:
                   f"{state['loss_under_noise']:.4f} ({trained['seconds']:.0f} s)", file=sys.stderr)
     report = {"toy": TOY, **metadata, "settings": settings, "mask": args.mask, "noise_p": noise_p,
               "variants": results, "wall_seconds": time.perf_counter() - started}
-    markdown = render_markdown(spec, report)
-    out_dir = default_out_dir(args)
-    write_outputs(out_dir, TOY, report, markdown, lambda plt: plot(plt, report))
-    print(markdown)
-    print(f"wrote {out_dir / TOY}.{{md,json,png}}", file=sys.stderr)
+    publish(args, TOY, report, render_markdown(spec, report), lambda plt: plot(plt, report))
     return report
 
 

@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoneout import ZoneoutLSTM, ZoneoutLSTMCell
-from zoneout.toys.common import (base_parser, check_common, cli, default_out_dir, fmt, load_spec, mean_std,
-                                 run_metadata, scale_settings, write_outputs)
+from zoneout.toys.common import (base_parser, check_common, cli, fmt, load_spec, mean_std, publish, run_metadata, scale_settings)
 
 TOY = "toy_seq2seq_addition"
 PAD = "_"  # padding, end of the answer, and the decoder's GO symbol (one symbol for all three, as the original)
@@ -211,11 +210,7 @@ def run(args, started: float) -> dict:
                   f"from epoch {reached} ({trained['seconds']:.0f} s)", file=sys.stderr)
     report = {"toy": TOY, **metadata, "settings": settings, "generator": spec["generator"],
               "variants": results, "wall_seconds": time.perf_counter() - started}
-    markdown = render_markdown(spec, report)
-    out_dir = default_out_dir(args)
-    write_outputs(out_dir, TOY, report, markdown, lambda plt: plot(plt, report))
-    print(markdown)
-    print(f"wrote {out_dir / TOY}.{{md,json,png}}", file=sys.stderr)
+    publish(args, TOY, report, render_markdown(spec, report), lambda plt: plot(plt, report))
     return report
 
 
