@@ -147,6 +147,21 @@ def check_same_run(saved: dict | None, current: dict, path: Path) -> None:
                               "pass the same overrides, or remove that run folder to start afresh")
 
 
+def finished_run(cfg, run_dir: Path, config_dict: dict) -> dict | None:
+    """The summary of a run in run_dir that has nothing left to do under cfg (it ran to max_epochs or early
+    stopping ended it; a larger max_epochs continues from last.pt instead), after checking it is this run."""
+    summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
+    if not summary_path.exists():
+        return None
+    done = json.loads(summary_path.read_text())
+    if done.get("status") != "finished" or (done["epochs_run"] < cfg.trainer.max_epochs and
+                                            done["epochs_run"] - done["best_epoch"] < cfg.trainer.patience):
+        return None
+    check_same_run(OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.exists() else None,
+                   config_dict, config_path)
+    return done
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -189,15 +204,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     config_dict = OmegaConf.to_container(cfg, resolve=True)
     start_epoch, best, bad_epochs, history, resumed_from = 1, None, 0, [], None
     last_path, best_path, summary_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "summary.json"
-    if cfg.trainer.resume and summary_path.exists():
-        done = json.loads(summary_path.read_text())
-        if done.get("status") == "finished" and (done["epochs_run"] >= cfg.trainer.max_epochs or
-                                                 done["epochs_run"] - done["best_epoch"] >= cfg.trainer.patience):
-            # Nothing left to do under these settings (a larger max_epochs would continue from last.pt).
-            saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) if (run_dir / "config.yaml").exists() else None
-            check_same_run(saved, config_dict, run_dir / "config.yaml")
-            print(f"{cfg.name} seed {cfg.seed}: already finished ({summary_path}); skipped", file=sys.stderr)
-            return done
+    done = finished_run(cfg, run_dir, config_dict) if cfg.trainer.resume else None
+    if done is not None:
+        print(f"{cfg.name} seed {cfg.seed}: already finished ({summary_path}); skipped", file=sys.stderr)
+        return done
     if cfg.trainer.resume and last_path.exists():
         state = checkpoint.load(last_path)
         check_same_run(state["config"], config_dict, last_path)
