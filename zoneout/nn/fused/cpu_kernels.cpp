@@ -238,7 +238,9 @@ struct RecurrentGemm {
         }
       }
     }
-    if (!linear) weight_t = weight_hh.t().contiguous();  // (H, 4H): addmm's faster layout for small B
+    // (H, 4H) contiguous: addmm's faster layout for small B, worth its copy over a sequence; a one-step
+    // call would copy the whole matrix for one GEMM, so it passes the transposed view (MKL reads it as is).
+    if (!linear) weight_t = T > 1 ? weight_hh.t().contiguous() : weight_hh.t();
   }
 
   // Returns the buffer to add to `gates_t`, or an undefined tensor if it was accumulated in place.
