@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_table import build_table, load_table_spec, runs_root, scales  # noqa: E402
+from make_table import build_table, kept_runs_dir, load_table_spec, runs_root, scales  # noqa: E402
 
 
 ERROR_FILE = "error.txt"  # zoneout.train.ERROR_FILE (not imported: this script stays torch-free)
@@ -41,8 +41,13 @@ def read_summary(folder: Path) -> dict | None:
 
 
 def finished(scale: str, experiment: str, seed: int) -> bool:
-    summary = read_summary(run_folder(scale, experiment, seed))
-    return summary is not None and summary.get("status") == "finished"
+    """A finished run in its run folder, or in the copy a table keeps under results/<scale>/runs (a
+    table that grows over sessions or machines: the run folders of earlier sessions are gone)."""
+    for folder in (run_folder(scale, experiment, seed), kept_runs_dir(scale) / experiment / f"seed{seed}"):
+        summary = read_summary(folder)
+        if summary is not None and summary.get("status") == "finished":
+            return True
+    return False
 
 
 def first_line(text: str) -> str:
@@ -143,31 +148,41 @@ def main() -> int:
     since = time.time() - 1.0  # errors written from now on are this attempt's
     launcher_tail: list[str] = []
     launcher_status = 0
-    runs = [(row, seed) for row in spec["rows"] if row.get("experiment") for seed in args.seeds]
-    # (rows without an experiment are e.g. figures the paper cites from another paper: nothing to run)
+    runs = []  # what to run: rows with an experiment (not a figure cited from another paper), not finished yet
+    for row in (r for r in spec["rows"] if r.get("experiment")):
+        for seed in args.seeds:
+            if not args.force and finished(args.scale, row["experiment"], seed):
+                print(f"[skip] {row['experiment']} seed {seed}: already finished", flush=True)
+            else:
+                runs.append((row, seed))
     failures = []  # (row, seed, the first line of why it did not finish)
     if args.launcher == "sequential":
         for row, seed in runs:
-            if not args.force and finished(args.scale, row["experiment"], seed):
-                print(f"[skip] {row['experiment']} seed {seed}: already finished", flush=True)
-                continue
             print(f"[run] {row['experiment']} seed {seed} ({args.scale} scale)", flush=True)
             command = [sys.executable, "-m", "zoneout.train", f"experiment={row['experiment']}", f"seed={seed}", *base]
             returncode = subprocess.run(command, cwd=ROOT).returncode
             if returncode != 0:
                 why = outcome(args.scale, row["experiment"], seed, since)
                 failures.append((row, seed, why if why else f"exited with status {returncode}"))
-    else:
-        experiments = ",".join(r["experiment"] for r in spec["rows"] if r.get("experiment"))
+    elif runs:
         launcher = {"joblib": "hydra/launcher=joblib", "slurm": "hydra/launcher=slurm"}[args.launcher]
-        seeds = ",".join(map(str, args.seeds))
         sweep_dir = runs_root() / args.scale
-        # Multirun jobs write to the sweep dir; point each job at the same run dir layout.
-        command = [sys.executable, "-m", "zoneout.train", "-m", f"experiment={experiments}", f"seed={seeds}", launcher,
-                   f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${name}/seed${seed}", *base]
         if args.launcher == "slurm":
             print(f"[slurm] one job per row and seed ({len(runs)}); job logs in {sweep_dir / '.submitit'}", flush=True)
-        launcher_status, launcher_tail = run_teeing_stderr(command)
+        # A multirun is a product experiments x seeds: one per set of rows that still lack the same seeds.
+        seeds_of: dict[str, list[int]] = {}
+        for row, seed in runs:
+            seeds_of.setdefault(row["experiment"], []).append(seed)
+        groups: dict[tuple, list[str]] = {}
+        for experiment, seeds in seeds_of.items():
+            groups.setdefault(tuple(seeds), []).append(experiment)
+        for seeds, experiments in groups.items():
+            # Multirun jobs write to the sweep dir; point each job at the same run dir layout.
+            command = [sys.executable, "-m", "zoneout.train", "-m", f"experiment={','.join(experiments)}",
+                       f"seed={','.join(map(str, seeds))}", launcher, f"hydra.sweep.dir={sweep_dir}",
+                       "hydra.sweep.subdir=${name}/seed${seed}", *base]
+            status, tail = run_teeing_stderr(command)
+            launcher_status, launcher_tail = (status, tail) if status else (launcher_status, launcher_tail)
         if args.launcher == "slurm":
             wait_for_slurm_jobs(sweep_dir / ".submitit", since)
         # One launcher for all jobs: each job's outcome is read from its run folder.

@@ -378,12 +378,12 @@ def test_replicate_multirun_reports_each_unfinished_row_and_seed(runs, monkeypat
     assert replicate.main() == 1
     error = capsys.readouterr().err
     assert error.splitlines() == [
-        "error: 3 of 4 run(s) did not finish:",
+        "error: 3 of 3 run(s) did not finish:",
         "  row weight_noise (ptb_char/weight_noise) seed 0: stopped while running with no error recorded (killed?); "
         "a rerun resumes from last.pt",
         "  row norm_stabilizer (ptb_char/norm_stabilizer) seed 0: regularizer.norm_stabilizer=-1: must be a number >= 0",
         "  row stochastic_depth (ptb_char/stochastic_depth) seed 0: epoch 2: validation loss nan",
-    ]  # zoneout seed 0 finished (the fixture's run)
+    ]  # zoneout seed 0 had finished (the fixture's run): skipped, not launched
     assert replicate.launcher_error(["a", "JobFailed: x", "Set the environment variable HYDRA_FULL_ERROR=1 ..."]) == "JobFailed: x"
 
 
@@ -399,3 +399,25 @@ def test_a_run_ended_by_the_epoch_cap_is_marked(runs, tmp_path):
     assert "stopped by the epoch cap" in markdown
     # The kept copy has the config too, so the mark survives a rebuild from results/ alone.
     assert (tmp_path / "small" / "runs" / "ptb_char" / "weight_noise" / "seed0" / "config.yaml").exists()
+
+
+def test_replicate_skips_runs_a_table_kept_and_launches_only_what_is_missing(runs, tmp_path, monkeypatch, capsys):
+    """A table growing over sessions: a fresh clone has no run folders, only the copies in results/."""
+    root, _ = runs
+    results = tmp_path / "results"
+    monkeypatch.setenv("ZONEOUT_RESULTS_DIR", str(results))
+    for seed in (0, 1, 2):  # unregularized finished in an earlier session: only its kept copy is here
+        write_run(results / "small" / "runs", "ptb_char/unregularized", seed, 2.3, 2.2, scale="x")
+    write_run(root, "ptb_char/zoneout", 1, 2.2, 2.1, scale="small")  # and zoneout seed 1 in this checkout
+    for folder in (results / "small" / "runs" / "x").iterdir():
+        folder.rename(results / "small" / "runs" / folder.name)  # kept copies sit at runs/<experiment>/seed<N>
+    commands = []
+    monkeypatch.setattr(replicate, "run_teeing_stderr", lambda command: commands.append(command) or (0, []))
+    monkeypatch.setattr(replicate, "outcome", lambda *args: None)
+    monkeypatch.setattr(replicate, "build_table", lambda *args, **kwargs: [])
+    monkeypatch.setattr(sys, "argv", ["replicate.py", "table1_ptb_char", "--scale", "small", "--launcher", "joblib",
+                                      "--seeds", "0", "1", "2", "--rows", "unregularized", "zoneout", "weight_noise"])
+    assert replicate.main() == 0
+    sweeps = sorted((c[4], c[5]) for c in commands)  # one multirun per set of rows missing the same seeds
+    assert sweeps == [("experiment=ptb_char/weight_noise", "seed=0,1,2"), ("experiment=ptb_char/zoneout", "seed=0,2")]
+    assert capsys.readouterr().out.count("[skip] ptb_char/unregularized") == 3
