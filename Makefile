@@ -12,6 +12,8 @@ ROWS ?=
 # How a replicate target runs its rows: sequential | joblib (Hydra joblib launcher, rows in parallel) | slurm
 # (one Slurm job per row and seed; installs the optional [slurm] extra first; see the README's "On a cluster").
 LAUNCHER ?= sequential
+# FORCE=1: rerun rows that already finished here or in results/<scale>/runs (the main job trains, whatever is committed).
+FORCE ?=
 # The shared data folder beside this checkout is used as a local mirror when it exists.
 SHARED_DATA := $(abspath $(wildcard ../shared/data))
 export ZONEOUT_DATA_MIRROR ?= $(SHARED_DATA)
@@ -63,7 +65,7 @@ data-text8: install  ## download text8 (not in the mirror; needs mattmahoney.net
 	$(BIN)/python scripts/fetch_data.py --dataset text8
 
 evidence: data  ## the main job: char-PTB at SCALE=small, unregularized vs zoneout, 3 seeds, 2 rows at a time -> results/small/
-	$(MAKE) replicate-ptb-char SCALE=small SEEDS="0 1 2" ROWS="unregularized zoneout" LAUNCHER=joblib \
+	$(MAKE) replicate-ptb-char SCALE=small SEEDS="0 1 2" ROWS="unregularized zoneout" LAUNCHER=joblib FORCE=1 \
 		OVERRIDES="trainer.threads=1 trainer.progress=false $(OVERRIDES)"
 
 replicate-ptb-char: data  ## Table 1 char-PTB rows (SCALE=quick|paper, SEEDS="0 1 2", OVERRIDES="k=v ..."), then the table
@@ -74,7 +76,7 @@ replicate-fig3: data  ## Figure 3 (left): the zoneout probability grid on char-P
 replicate-gru-rnn: data  ## GRU and tanh-RNN with/without zoneout on char-PTB (numbers in the paper's text)
 $(addprefix replicate-,$(TABLES)): replicate-%: $(if $(filter slurm,$(LAUNCHER)),install-slurm)
 	$(BIN)/python scripts/replicate.py $(TABLE_$*) $(OVERRIDES) --scale $(SCALE) --seeds $(SEEDS) --launcher $(LAUNCHER) \
-		$(if $(strip $(ROWS)),--rows $(ROWS))
+		$(if $(strip $(ROWS)),--rows $(ROWS)) $(if $(strip $(FORCE)),--force)
 
 replicate-gradient-flow: data  ## Figure 6: per-timestep gradient norms after one pMNIST epoch (SEEDS="0 1 2") -> results/<scale>/gradient_flow.{png,md,json}
 	$(BIN)/python scripts/gradient_flow.py --scale $(SCALE) --seeds $(SEEDS)

@@ -40,12 +40,33 @@ def read_summary(folder: Path) -> dict | None:
         return None
 
 
-def finished(scale: str, experiment: str, seed: int) -> bool:
-    """A finished run in its run folder, or in the copy a table keeps under results/<scale>/runs (a
-    table that grows over sessions or machines: the run folders of earlier sessions are gone)."""
+def stopping_rule(experiment: str, scale: str, overrides: list[str]) -> tuple[int, int] | None:
+    """(trainer.max_epochs, trainer.patience) of one row as it would run now (the real configs, composed);
+    None if they do not compose (the row then runs, and reports the error itself)."""
+    from hydra import compose, initialize_config_dir  # hydra only: this script stays torch-free
+
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("config", overrides=[f"experiment={experiment}", f"scale={scale}",
+                                               *(o for o in overrides if not o.lstrip("+~").startswith("hydra"))])
+        return int(cfg.trainer.max_epochs), int(cfg.trainer.patience)
+    except Exception:  # noqa: BLE001 - any composition error is the row's to report
+        return None
+
+
+def finished(scale: str, experiment: str, seed: int, rule: tuple[int, int] | None) -> bool:
+    """A run with nothing left to do under the current stopping rule (max_epochs, patience), in its run
+    folder or in the copy a table keeps under results/<scale>/runs (a table that grows over sessions or
+    machines: the run folders of earlier sessions are gone). A run that the epoch cap stopped is not
+    finished once the cap is raised: it continues from its last.pt (zoneout/train.py), or, if only the
+    kept copy is left, runs again."""
+    if rule is None:
+        return False
+    max_epochs, patience = rule
     for folder in (run_folder(scale, experiment, seed), kept_runs_dir(scale) / experiment / f"seed{seed}"):
         summary = read_summary(folder)
-        if summary is not None and summary.get("status") == "finished":
+        if summary is not None and summary.get("status") == "finished" and (
+                summary["epochs_run"] >= max_epochs or summary["epochs_run"] - summary["best_epoch"] >= patience):
             return True
     return False
 
@@ -124,7 +145,7 @@ def main() -> int:
     parser.add_argument("--logger", default="wandb", choices=["wandb", "csv"])
     parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
                         help="run only these rows (their `name` in the table spec); the table is still built whole")
-    parser.add_argument("--force", action="store_true", help="rerun rows that already finished")
+    parser.add_argument("--force", action="store_true", help="run rows even where a finished run is kept in results/<scale>/runs (a live run folder that finished is still skipped by trainer.resume)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every row")
     args = parser.parse_args()
     try:
@@ -150,8 +171,9 @@ def main() -> int:
     launcher_status = 0
     runs = []  # what to run: rows with an experiment (not a figure cited from another paper), not finished yet
     for row in (r for r in spec["rows"] if r.get("experiment")):
+        rule = stopping_rule(row["experiment"], args.scale, args.overrides)
         for seed in args.seeds:
-            if not args.force and finished(args.scale, row["experiment"], seed):
+            if not args.force and finished(args.scale, row["experiment"], seed, rule):
                 print(f"[skip] {row['experiment']} seed {seed}: already finished", flush=True)
             else:
                 runs.append((row, seed))

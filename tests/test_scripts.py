@@ -20,11 +20,12 @@ import gradient_flow  # noqa: E402
 import make_table  # noqa: E402
 import replicate  # noqa: E402
 
-ZONEOUT_VALID, ZONEOUT_TEST, ZONEOUT_EPOCHS = [1.50, 1.52, 1.55], [1.40, 1.43, 1.41], [3, 2, 3]
+ZONEOUT_VALID, ZONEOUT_TEST, ZONEOUT_EPOCHS = [1.50, 1.52, 1.55], [1.40, 1.43, 1.41], [3, 3, 3]
 
 
-def write_run(root: Path, name: str, seed: int, valid: float, test: float, epochs: int = 2,
-              scale: str = "quick", status: str = "finished", metric: str = "bpc") -> Path:
+def write_run(root: Path, name: str, seed: int, valid: float, test: float, epochs: int = 3,
+              scale: str = "quick", status: str = "finished", metric: str = "bpc", best_epoch: int | None = None) -> Path:
+    """A run folder as zoneout/train.py leaves it (quick's cap is 3 epochs: the default ran to it)."""
     run_dir = root / scale / name / f"seed{seed}"
     run_dir.mkdir(parents=True)
     curve = [valid + 0.1 * (epochs - e) for e in range(1, epochs + 1)]  # ends at the best value
@@ -32,6 +33,7 @@ def write_run(root: Path, name: str, seed: int, valid: float, test: float, epoch
                                                    for e, v in enumerate(curve, start=1)))
     summary = {"name": name, "dataset": name.split("/")[0], "metric": metric, "scale": scale, "seed": seed,
                "status": status, "best_valid": valid, "test": test, "epochs_run": epochs, "device": "cpu (test)",
+               "best_epoch": best_epoch or epochs,
                "commit": "abc1234"}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
@@ -64,7 +66,7 @@ def test_make_table_means_paper_delta_and_row_kinds(runs, tmp_path):
     test_mean, test_std = statistics.mean(ZONEOUT_TEST), statistics.stdev(ZONEOUT_TEST)
     assert cells[1:6] == [f"{valid_mean:.3f} ± {valid_std:.3f}", f"{test_mean:.3f} ± {test_std:.3f}", "1.362", "1.27",
                           f"{test_mean - 1.27:+.3f}"]
-    assert cells[6:9] == ["3/2/3", "0 1 2", "cpu (test)"]
+    assert cells[6:9] == ["3/3/3", "0 1 2", "cpu (test)"]
     assert table_line(markdown, "Unregularized LSTM")[1:5] == ["not run", "not run", "1.466", "1.356"]
     cited_run = table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")
     assert cited_run[1:6] == ["1.450", "1.380", "–", "1.32", "+0.060"]  # cited but run: our numbers are shown
@@ -407,8 +409,8 @@ def test_replicate_skips_runs_a_table_kept_and_launches_only_what_is_missing(run
     results = tmp_path / "results"
     monkeypatch.setenv("ZONEOUT_RESULTS_DIR", str(results))
     for seed in (0, 1, 2):  # unregularized finished in an earlier session: only its kept copy is here
-        write_run(results / "small" / "runs", "ptb_char/unregularized", seed, 2.3, 2.2, scale="x")
-    write_run(root, "ptb_char/zoneout", 1, 2.2, 2.1, scale="small")  # and zoneout seed 1 in this checkout
+        write_run(results / "small" / "runs", "ptb_char/unregularized", seed, 2.3, 2.2, scale="x", epochs=64, best_epoch=54)
+    write_run(root, "ptb_char/zoneout", 1, 2.2, 2.1, scale="small", epochs=90, best_epoch=80)  # and zoneout seed 1 here
     for folder in (results / "small" / "runs" / "x").iterdir():
         folder.rename(results / "small" / "runs" / folder.name)  # kept copies sit at runs/<experiment>/seed<N>
     commands = []
@@ -421,3 +423,30 @@ def test_replicate_skips_runs_a_table_kept_and_launches_only_what_is_missing(run
     sweeps = sorted((c[4], c[5]) for c in commands)  # one multirun per set of rows missing the same seeds
     assert sweeps == [("experiment=ptb_char/weight_noise", "seed=0,1,2"), ("experiment=ptb_char/zoneout", "seed=0,2")]
     assert capsys.readouterr().out.count("[skip] ptb_char/unregularized") == 3
+
+
+def test_replicate_continues_runs_the_epoch_cap_stopped_once_the_cap_is_raised(runs, tmp_path, monkeypatch, capsys):
+    """small's char-PTB cap went from 100 to 200 epochs: a run that stopped at the old cap has work left
+    (it continues from last.pt, or reruns where only the kept copy is left); early-stopped ones do not."""
+    root, _ = runs
+    results = tmp_path / "results"
+    monkeypatch.setenv("ZONEOUT_RESULTS_DIR", str(results))
+    write_run(root, "ptb_char/zoneout", 0, 2.2, 2.1, scale="small", epochs=100, best_epoch=100)  # the old cap
+    write_run(root, "ptb_char/zoneout", 1, 2.2, 2.1, scale="small", epochs=200, best_epoch=199)  # today's cap
+    write_run(root, "ptb_char/zoneout", 2, 2.2, 2.1, scale="small", epochs=130, best_epoch=120)  # early-stopped
+    commands = []
+    monkeypatch.setattr(replicate, "run_teeing_stderr", lambda command: commands.append(command) or (0, []))
+    monkeypatch.setattr(replicate, "outcome", lambda *args: None)
+    monkeypatch.setattr(replicate, "build_table", lambda *args, **kwargs: [])
+    argv = ["replicate.py", "table1_ptb_char", "--scale", "small", "--launcher", "joblib", "--seeds", "0", "1", "2"]
+    argv = [*argv, "--rows", "zoneout"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert replicate.main() == 0
+    assert [(c[4], c[5]) for c in commands] == [("experiment=ptb_char/zoneout", "seed=0")]
+    assert "trainer.resume=true" in commands[0]
+    assert capsys.readouterr().out.count("[skip] ptb_char/zoneout") == 2
+    commands.clear()  # under the old cap, passed as an override, nothing is left to do
+    monkeypatch.setattr(sys, "argv", [*argv[:2], "trainer.max_epochs=100", *argv[2:]])  # as make passes it
+    assert replicate.main() == 0 and commands == []
+    monkeypatch.setattr(sys, "argv", [argv[0], "--force", *argv[1:]])  # the main job trains whatever is kept
+    assert replicate.main() == 0 and [(c[4], c[5]) for c in commands] == [("experiment=ptb_char/zoneout", "seed=0,1,2")]
