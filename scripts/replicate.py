@@ -24,9 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_table import build_table, kept_runs_dir, load_table_spec, runs_root, scales  # noqa: E402
+from zoneout.stopping import stopped_for_good  # noqa: E402
 
 
-ERROR_FILE = "error.txt"  # zoneout.train.ERROR_FILE (not imported: this script stays torch-free)
+ERROR_FILE = "error.txt"  # zoneout.train.ERROR_FILE
 
 
 def run_folder(scale: str, experiment: str, seed: int) -> Path:
@@ -43,7 +44,7 @@ def read_summary(folder: Path) -> dict | None:
 def stopping_rule(experiment: str, scale: str, overrides: list[str]) -> tuple[int, int] | None:
     """(trainer.max_epochs, trainer.patience) of one row as it would run now (the real configs, composed);
     None if they do not compose (the row then runs, and reports the error itself)."""
-    from hydra import compose, initialize_config_dir  # hydra only: this script stays torch-free
+    from hydra import compose, initialize_config_dir
 
     try:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -62,11 +63,9 @@ def finished(scale: str, experiment: str, seed: int, rule: tuple[int, int] | Non
     kept copy is left, runs again."""
     if rule is None:
         return False
-    max_epochs, patience = rule
     for folder in (run_folder(scale, experiment, seed), kept_runs_dir(scale) / experiment / f"seed{seed}"):
         summary = read_summary(folder)
-        if summary is not None and summary.get("status") == "finished" and (
-                summary["epochs_run"] >= max_epochs or summary["epochs_run"] - summary["best_epoch"] >= patience):
+        if summary is not None and stopped_for_good(summary, *rule):
             return True
     return False
 

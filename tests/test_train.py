@@ -166,6 +166,8 @@ def test_resume_skips_a_finished_run_and_refuses_other_settings(data_dir, tmp_pa
     again = train(tiny_cfg(data_dir, "trainer.resume=true"), tmp_path)  # nothing left to do: not rerun
     assert again == json.loads((tmp_path / "summary.json").read_text()) and again["test"] == first["test"]
     assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
+    # A scale's epoch cap raised in the dataset config (small's 100 -> 200) is no other experiment.
+    assert train(tiny_cfg(data_dir, "trainer.resume=true", "dataset.small.max_epochs=7"), tmp_path) == again
     with pytest.raises(ConfigError, match=r"trainer.resume=true: .*config.yaml was written with other settings "
                                           r"\(model.hidden_size\)"):
         train(tiny_cfg(data_dir, "trainer.resume=true", "model.hidden_size=24"), tmp_path)

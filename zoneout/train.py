@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from zoneout import checkpoint
 from zoneout.atomic import atomic_write_text
+from zoneout.stopping import stopped_for_good
 from zoneout.config_check import ConfigError, check_config, check_group_overrides, fail
 from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
@@ -131,6 +132,9 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
 # Trainer knobs (max_epochs, patience, threads, ...) may change: extending a finished run is legitimate.
 RUN_DEFINING = ("model", "regularizer", "optim", "seed", "scale_name")
 DATASET_LOCATION = ("data_dir", "mirror")
+# A dataset's per-scale blocks (quick:, small:) hold the sizes a scale applies; what they set is compared
+# where it lands (model.hidden_size, dataset.train_fraction), and their epoch cap may change like trainer's.
+SCALE_BLOCKS = tuple(path.stem for path in (Path(__file__).resolve().parent.parent / "configs" / "scale").glob("*.yaml"))
 
 
 def check_same_run(saved: dict | None, current: dict, path: Path) -> None:
@@ -139,7 +143,7 @@ def check_same_run(saved: dict | None, current: dict, path: Path) -> None:
     for key in RUN_DEFINING + ("dataset",):
         old, new = saved.get(key), current.get(key)
         if key == "dataset" and isinstance(old, dict) and isinstance(new, dict):
-            old, new = ({k: v for k, v in d.items() if k not in DATASET_LOCATION} for d in (old, new))
+            old, new = ({k: v for k, v in d.items() if k not in DATASET_LOCATION + SCALE_BLOCKS} for d in (old, new))
         if old != new:
             changed = key if not isinstance(old, dict) else next(
                 f"{key}.{k}" for k in sorted(set(old) | set(new or {})) if old.get(k) != (new or {}).get(k))
@@ -154,8 +158,7 @@ def finished_run(cfg, run_dir: Path, config_dict: dict) -> dict | None:
     if not summary_path.exists():
         return None
     done = json.loads(summary_path.read_text())
-    if done.get("status") != "finished" or (done["epochs_run"] < cfg.trainer.max_epochs and
-                                            done["epochs_run"] - done["best_epoch"] < cfg.trainer.patience):
+    if not stopped_for_good(done, cfg.trainer.max_epochs, cfg.trainer.patience):
         return None
     check_same_run(OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.exists() else None,
                    config_dict, config_path)
