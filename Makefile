@@ -12,7 +12,8 @@ ROWS ?=
 # How a replicate target runs its rows: sequential | joblib (Hydra joblib launcher, rows in parallel) | slurm
 # (one Slurm job per row and seed; installs the optional [slurm] extra first; see the README's "On a cluster").
 LAUNCHER ?= sequential
-# FORCE=1: rerun rows that already finished here or in results/<scale>/runs (the main job trains, whatever is committed).
+# FORCE=1: train rows whose finished runs are only kept in results/<scale>/runs (the main job trains, whatever is
+# committed); a finished run folder in runs/ is still skipped (trainer.resume).
 FORCE ?=
 # The shared data folder beside this checkout is used as a local mirror when it exists.
 SHARED_DATA := $(abspath $(wildcard ../shared/data))

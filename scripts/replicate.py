@@ -144,7 +144,9 @@ def main() -> int:
     parser.add_argument("--logger", default="wandb", choices=["wandb", "csv"])
     parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
                         help="run only these rows (their `name` in the table spec); the table is still built whole")
-    parser.add_argument("--force", action="store_true", help="run rows even where a finished run is kept in results/<scale>/runs (a live run folder that finished is still skipped by trainer.resume)")
+    parser.add_argument("--force", action="store_true",
+                        help="run rows even where a finished run is kept in results/<scale>/runs "
+                             "(a live run folder that finished is still skipped by trainer.resume)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every row")
     args = parser.parse_args()
     try:
