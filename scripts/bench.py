@@ -11,6 +11,10 @@ rows (noise on a shared machine hits all of them alike); the table reports media
     python scripts/bench.py --cpu-options    # fused CPU kernels: C++ vs PyTorch ops vs TorchScript vs compile
     python scripts/bench.py --device cuda --ptb-epoch [--tf32] [--bf16] [--cuda-graphs]
     python scripts/bench.py --tts-only [--tiny]   # only the speech/TTS rows (bench_tts.py); --tiny: a smoke check
+    python scripts/bench.py --rnn gru|rnn [--quick]  # GRU / tanh-RNN rows instead (CPU; issue 10)
+
+With --rnn gru (rnn): nn.GRU (nn.RNN, tanh), GRU (RNN)(impl="reference") and (impl="fused") with
+z_h = 0.05, written to results/bench_cpu_gru.md (_rnn.md); no TTS rows, no targets.
 
 The speech/TTS rows (bidirectional layer, 200-step cell decoder loop; scripts/bench_tts.py) are
 appended to every default run; --no-tts leaves them out.
@@ -38,7 +42,9 @@ from torch import nn
 
 import zoneout.nn.fused as fused
 from zoneout.nn.fused import cpu_ext
+from zoneout.nn.gru import GRU
 from zoneout.nn.lstm import ZoneoutLSTM
+from zoneout.nn.rnn import RNN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_tts import tts_section  # noqa: E402
@@ -46,6 +52,9 @@ from bench_tts import tts_section  # noqa: E402
 Z_CELL, Z_HIDDEN, VOCAB, PMNIST = 0.5, 0.05, 50, "pMNIST"
 PTB_CHAR_TRAIN_CHARS = 5_017_482  # characters + one end-of-line per line (data/README.md)
 ROWS = ("nn.LSTM", "LSTMCell loop", "reference", "fused")
+KIND_ROWS = {"lstm": ROWS, "gru": ("nn.GRU", "reference", "fused"), "rnn": ("nn.RNN", "reference", "fused")}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+KIND = "lstm"  # --rnn; set by main() (workers get the same argv)
 
 
 class CellLoop(nn.Module):
@@ -71,6 +80,10 @@ def make_rnn(row, input_size, hidden):
         return nn.LSTM(input_size, hidden)
     if row == "LSTMCell loop":
         return CellLoop(input_size, hidden)
+    if row in ("nn.GRU", "nn.RNN"):
+        return (nn.GRU if row == "nn.GRU" else nn.RNN)(input_size, hidden)
+    if KIND != "lstm":  # tanh-RNN for rnn
+        return (GRU if KIND == "gru" else RNN)(input_size, hidden, zoneout_hidden=Z_HIDDEN, impl=row)
     return ZoneoutLSTM(input_size, hidden, zoneout_cell=Z_CELL, zoneout_hidden=Z_HIDDEN, impl=row)
 
 
@@ -102,7 +115,7 @@ def model_flops(shape):
     name, T, B, H = shape
     inp, classes = (1, 10) if name == PMNIST else (VOCAB, VOCAB)
     head = 2 * B * H * classes * (1 if name == PMNIST else T)
-    return 3 * (2 * T * B * 4 * H * (inp + H) + head)
+    return 3 * (2 * T * B * GATES[KIND] * H * (inp + H) + head)
 
 
 def sync(device):
@@ -206,7 +219,7 @@ def time_split(step):
     for e in prof.key_averages():  # mkl::_mkl_linear: the forward's packed-weight recurrent GEMM
         kind = ("gemm" if e.key in ("aten::mm", "aten::addmm", "aten::addmm_", "mkl::_mkl_linear") else
                 "masks" if e.key in ("aten::uniform_", "aten::lt") else
-                "pointwise" if e.key in ("FusedLSTMFunction", "FusedLSTMFunctionBackward") else None)
+                "pointwise" if e.key.startswith("Fused") and "Function" in e.key else None)
         if kind:
             shares[kind] += e.self_cpu_time_total / total
     return [*shares.values(), max(0.0, 1 - sum(shares.values()))]
@@ -261,7 +274,7 @@ def run_shape(args, device, rows, shape, peak):
     label = f"{shape[0]} T={shape[1]} B={shape[2]} H={shape[3]}"
     table, ratios = [], []
     for row, seconds in medians.items():
-        ratio = medians["nn.LSTM"] / seconds
+        ratio = medians[KIND_ROWS[KIND][0]] / seconds
         ratios.append((row, ratio))
         mfu = model_flops(shape) / seconds
         memory = peak_bytes(steps[row], device) / 2 ** 20
@@ -302,7 +315,7 @@ def run_table(args, device, rows):
 def targets(ratios):
     lines = []
     for (shape, row), ratio in sorted(ratios.items(), key=lambda kv: (kv[0][0][2], kv[0][0][3])):
-        if row != "fused" or shape[0] != "LM":
+        if row != "fused" or shape[0] != "LM" or KIND != "lstm":  # the targets are the LSTM's
             continue
         goal = 1.0 if shape[3] >= 1000 else 0.9
         mark = "met" if ratio >= goal else "missed"
@@ -335,12 +348,14 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--device", default="cpu", choices=("cpu", "cuda"))
+    add("--rnn", default="lstm", choices=tuple(KIND_ROWS), help="which recurrent layer (gru, rnn: CPU only)")
     add("--quick", action="store_true", help="two small shapes, 2 reps: a smoke check")
     add("--reps", type=int, default=0, help="timed repetitions per row (default 5, quick 2)")
     add("--out", default=None, help="markdown output (default results/bench_<device>.md)")
     add("--cpu-options", action="store_true", help="compare the fused CPU kernel options instead")
     add("--ptb-epoch", action="store_true", help="also time a char-PTB epoch (GPU)")
-    add("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)} (with nn.LSTM)")
+    add("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)} (with nn.LSTM; nn.GRU / nn.RNN "
+                                   "with --rnn)")
     add("--shapes", default="", help="comma-separated subset, e.g. B32H256,B128H1000,pMNIST")
     add("--in-process", action="store_true", help="run all shapes in this process (default: a worker each)")
     add("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
@@ -354,10 +369,14 @@ def parse_args():
     add("--worker", default="", help=argparse.SUPPRESS)
     add("--peak", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    rows = KIND_ROWS[args.rnn]
+    if args.rnn != "lstm" and (args.device != "cpu" or args.cpu_options or args.tts_only or args.ptb_epoch):
+        parser.error("--rnn gru / rnn: CPU rows only (the fused GRU / RNN kernels are C++), without "
+                     "--cpu-options, --tts-only, --ptb-epoch")
     args.rows = ("cpp", "torch", "script", "compile") if args.cpu_options else (
-        tuple(args.rows.split(",")) if args.rows else ROWS)
-    if not args.cpu_options and ("nn.LSTM" not in args.rows or not set(args.rows) <= set(ROWS)):
-        parser.error(f"--rows must name rows from {ROWS} and include nn.LSTM (the ratio baseline)")
+        tuple(args.rows.split(",")) if args.rows else rows)
+    if not args.cpu_options and (rows[0] not in args.rows or not set(args.rows) <= set(rows)):
+        parser.error(f"--rows must name rows from {rows} and include {rows[0]} (the ratio baseline)")
     return args
 
 
@@ -366,7 +385,7 @@ def report(args, device, header, table, ratios, splits, launches, peak, load_bef
     lines = header + [f"- load average (1/5/15 min): before {'/'.join(f'{x:.2f}' for x in load_before)}, "
                       f"after {'/'.join(f'{x:.2f}' for x in load)}",
                       f"- matmul peak measured here: {peak / 1e9:,.0f} GFLOP/s", "",
-                      "| shape | row | throughput | step | vs nn.LSTM | peak memory | achieved (MFU) |",
+                      f"| shape | row | throughput | step | vs {KIND_ROWS[KIND][0]} | peak memory | achieved (MFU) |",
                       "|---|---|---|---|---|---|---|", *table, "",
                       "Peak memory: " + ("torch.cuda.max_memory_allocated over one step." if device.type == "cuda"
                                          else "peak of live tensor bytes during one step from torch.profiler "
@@ -394,7 +413,9 @@ def report(args, device, header, table, ratios, splits, launches, peak, load_bef
 
 
 def main():
+    global KIND
     args = parse_args()
+    KIND = args.rnn
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -413,18 +434,19 @@ def main():
         if args.out:
             Path(args.out).write_text(text)
         return
-    header = ["# Training-step benchmark: zoneout LSTM implementations", ""] + describe(device)
+    header = [f"# Training-step benchmark: zoneout {KIND.upper()} implementations", ""] + describe(device)
     if device.type == "cpu":
         built = cpu_ext.load() is not None
         header.append(f"- fused CPU kernels: {'C++ extension' if built else 'PyTorch ops: ' + str(cpu_ext.error())}"
                       f" (load {cpu_ext.load_seconds() or 0:.1f} s in this process; a cold build ~40-60 s here)")
     header.append(f"- options: tf32={args.tf32} bf16={args.bf16} cuda_graphs={args.cuda_graphs} "
-                  f"flush_denormal={bool(flush)} z_c={Z_CELL} z_h={Z_HIDDEN}")
+                  f"flush_denormal={bool(flush)} " + (f"z_c={Z_CELL} " if KIND == "lstm" else "") + f"z_h={Z_HIDDEN}")
     text = report(args, device, header, *run_table(args, device, args.rows), load_before)
-    if not (args.no_tts or args.cpu_options):
+    if not (args.no_tts or args.cpu_options or KIND != "lstm"):
         text += "\n" + "\n".join(tts_section(device, time_rows, reps))
     print(text)
-    out = args.out or (None if args.cpu_options else f"results/bench_{device.type}.md")
+    suffix = "" if KIND == "lstm" else f"_{KIND}"
+    out = args.out or (None if args.cpu_options else f"results/bench_{device.type}{suffix}.md")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)

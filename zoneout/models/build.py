@@ -40,10 +40,11 @@ def make_layer(cell: str, input_size: int, hidden_size: int, sources: list, mode
         return LSTM(input_size, hidden_size, recurrent_regularizers=sources, impl=model_cfg.impl)
     if cell == "gru":
         from zoneout.nn.gru import GRU
-        return GRU(input_size, hidden_size, recurrent_regularizers=sources)
+        return GRU(input_size, hidden_size, recurrent_regularizers=sources, impl=model_cfg.impl)
     if cell == "rnn":
         from zoneout.nn.rnn import RNN
-        return RNN(input_size, hidden_size, nonlinearity=model_cfg.nonlinearity, recurrent_regularizers=sources)
+        return RNN(input_size, hidden_size, nonlinearity=model_cfg.nonlinearity, recurrent_regularizers=sources,
+                   impl=model_cfg.impl)
     from zoneout.nn.bn_lstm import BatchNormLSTM
     return BatchNormLSTM(input_size, hidden_size, max_length=max_length, population_warmup=model_cfg.bn_population_warmup,
                          recurrent_regularizers=sources)

@@ -9,7 +9,8 @@ Without noise it computes exactly nn.GRU's equations:
     h_t = d_t * h_{t-1} + (1 - d_t) * h~                            (zoneout, d_t: keep_hidden)
 
 The original code's ZoneoutGRU (REPLICATION.md §1.1) has the same zoneout step. Only keep_hidden noise
-applies (there is no cell); plumbing shared with RNN lives in rnn.HiddenStateRecurrence.
+applies (there is no cell); plumbing shared with RNN lives in rnn.HiddenStateRecurrence, and `impl`
+picks this file's loop ("reference") or the fused CPU kernels ("fused"; "auto": where installed).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, keep_or_update
-from zoneout.nn.rnn import HiddenStateRecurrence
+from zoneout.nn.rnn import HiddenStateRecurrence, resolve_layer
 
 
 def gru_cell_step(gates_x: Tensor, h_prev: Tensor, weight_hh: Tensor, bias_hh: Optional[Tensor],
@@ -59,22 +60,24 @@ class GRU(HiddenStateRecurrence):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0,
                  recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
-                 bidirectional: bool = False, device=None, dtype=None):
+                 bidirectional: bool = False, impl: str = "auto", device=None, dtype=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         recurrent_regularizers, zoneout_hidden, bidirectional=bidirectional, device=device,
-                         dtype=dtype)
+                         recurrent_regularizers, zoneout_hidden, bidirectional=bidirectional, impl=impl,
+                         device=device, dtype=dtype)
 
     def layer_forward(self, layer, input, h0, noise, direction=0):
-        return gru_layer(input, h0, *self.layer_weights(layer, direction), noise)
+        layer_fn = resolve_layer(self.impl, "gru_layer", gru_layer)
+        return layer_fn(input, h0, *self.layer_weights(layer, direction), noise)
 
 
 class ZoneoutGRU(GRU):
     """nn.GRU plus zoneout on h: positional arguments as nn.GRU's, `zoneout_hidden` (the probability a
-    unit KEEPS its previous h; fresh masks per timestep, example, unit, layer and direction) by keyword."""
+    unit KEEPS its previous h; fresh masks per timestep, example, unit, layer and direction) and `impl` by
+    keyword."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, *, zoneout_hidden: float = 0.0,
-                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = ()):
+                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), impl: str = "auto"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, recurrent_regularizers,
-                         zoneout_hidden, bidirectional=bidirectional, device=device, dtype=dtype)
+                         zoneout_hidden, bidirectional=bidirectional, impl=impl, device=device, dtype=dtype)

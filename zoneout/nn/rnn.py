@@ -9,16 +9,21 @@ weight_hh_l0 (H, H), bias_ih_l0, bias_hh_l0, ...), and without noise exactly its
 The paper calls the model "tanh-RNN"; the original char-PTB code builds it with ReLU (REPLICATION.md
 §1.1, §6.14), hence `nonlinearity`. Noise comes from `recurrent_regularizers` (one `noise(...)` call
 per layer and forward pass); only keep_hidden noise has a meaning without a cell.
+
+`impl` (as ZoneoutLSTM's): "reference" runs the loops below, "fused" the fused CPU kernels
+(zoneout.nn.fused.hidden, issue 10; they run the loops themselves for what they do not handle), "auto"
+the fused ones where installed. While tracing, exporting or compiling the loops run whatever `impl` says.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from zoneout.nn.lstm import IMPLS, _capturing
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability, keep_or_update
 from zoneout.nn.sequences import compute_dtype, finish_output, finish_state, initial_state, prepare_input
 from zoneout.nn.stack import run_layers
@@ -43,6 +48,19 @@ def rnn_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
     return torch.stack(outputs), h
 
 
+def resolve_layer(impl: str, name: str, reference_layer: Callable) -> Callable:
+    """The layer function `impl` picks: `reference_layer` or zoneout.nn.fused's `name` (gru_layer, rnn_layer)."""
+    if _capturing() or impl == "reference":
+        return reference_layer
+    try:
+        from zoneout.nn import fused
+    except ImportError:
+        if impl == "fused":
+            raise ValueError("impl='fused' is not available in this installation; use impl='reference' or 'auto'")
+        return reference_layer
+    return getattr(fused, name)
+
+
 class HiddenStateRecurrence(nn.Module):
     """Shared plumbing of GRU and RNN: nn.RNN-style parameters, shapes, layers, directions, packed
     input, noise and dropout. Subclasses set `gate_count` and implement `layer_forward`."""
@@ -52,8 +70,11 @@ class HiddenStateRecurrence(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0,
                  recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
-                 bidirectional: bool = False, device=None, dtype=None):
+                 bidirectional: bool = False, impl: str = "auto", device=None, dtype=None):
         super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl
 
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if int(value) != value or value <= 0:
@@ -140,7 +161,7 @@ class HiddenStateRecurrence(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
                 f"batch_first={self.batch_first}, dropout={self.dropout}, bidirectional={self.bidirectional}, "
-                f"zoneout_hidden={self.zoneout_hidden}")
+                f"zoneout_hidden={self.zoneout_hidden}, impl={self.impl!r}")
 
 
 class RNN(HiddenStateRecurrence):
@@ -149,16 +170,17 @@ class RNN(HiddenStateRecurrence):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
-                 bidirectional: bool = False, device=None, dtype=None):
+                 bidirectional: bool = False, impl: str = "auto", device=None, dtype=None):
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {tuple(NONLINEARITIES)}, got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         recurrent_regularizers, zoneout_hidden, bidirectional=bidirectional, device=device,
-                         dtype=dtype)
+                         recurrent_regularizers, zoneout_hidden, bidirectional=bidirectional, impl=impl,
+                         device=device, dtype=dtype)
 
     def layer_forward(self, layer, input, h0, noise, direction=0):
-        return rnn_layer(input, h0, *self.layer_weights(layer, direction), noise, self.nonlinearity)
+        layer_fn = resolve_layer(self.impl, "rnn_layer", rnn_layer)
+        return layer_fn(input, h0, *self.layer_weights(layer, direction), noise, self.nonlinearity)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, nonlinearity={self.nonlinearity!r}"

@@ -7,6 +7,9 @@ pointwise pass, with kernels picked by device:
   CUDA -> Triton pointwise kernels with cuBLAS GEMMs (triton_backend.py), else the PyTorch-op kernels.
 What the kernels do not handle falls back to the reference loop: float-tensor masks, dtypes other
 than float32/float64, an empty sequence, or devices other than CPU/CUDA.
+
+`gru_layer` / `rnn_layer` (hidden.py, issue 10) are the same for zoneout.nn.gru / rnn's layers, on the
+CPU with the C++ kernels only (else their reference loops).
 """
 from __future__ import annotations
 
@@ -17,16 +20,18 @@ import torch
 from torch import Tensor
 
 from zoneout.nn import reference
-from zoneout.nn.fused import cpu_ext, torch_kernels
+from zoneout.nn.fused import cpu_ext, hidden, torch_kernels
 from zoneout.nn.fused.function import FusedLSTMFunction, run_inference
+from zoneout.nn.fused.hidden import gru_layer, rnn_layer
 from zoneout.nn.fused.masks import CompactNoise, UnsupportedMask, compact_noise
 from zoneout.nn.noise import RecurrentNoise
 
-__all__ = ["lstm_layer", "kernels_for", "options", "release_workspaces"]
+__all__ = ["lstm_layer", "gru_layer", "rnn_layer", "kernels_for", "options", "release_workspaces"]
 
 # Switches for benchmarks and GPU tuning; the defaults are what `lstm_layer` uses.
 #   cpu_kernels: "auto" (C++ if it builds, else "torch"), "cpp" (error if it cannot build), "torch",
-#                or the measured-and-rejected "script" / "compile" (compiled_kernels.py).
+#                or the measured-and-rejected "script" / "compile" (compiled_kernels.py). GRU / RNN layers
+#                run C++ under "auto" / "cpp" and their reference loops under the others.
 #   gpu_kernels: "auto" (Triton if importable, else "torch"), "triton" or "torch".
 #   cuda_graphs: capture each step loop in a CUDA graph (Triton path; see cuda_graphs.py). Off until
 #                scripts/bench.py --device cuda shows the eager path launch-bound on a GPU.
@@ -66,9 +71,10 @@ class _CppKernels:
 
 
 def release_workspaces() -> None:
-    """Free the CPU backward workspace of the calling thread (it is re-created on demand)."""
+    """Free the CPU backward workspaces of the calling thread (they are re-created on demand)."""
     if "kernels" in _cpp:
         _cpp["kernels"]._local.dgates = None
+    hidden.release_workspaces()
 
 
 def kernels_for(device: torch.device):

@@ -1,6 +1,7 @@
 """Build (once, cached) and load the C++ CPU kernels; None when they cannot be built.
 
-torch.utils.cpp_extension.load compiles cpu_kernels.cpp with the system C++ compiler and ninja
+torch.utils.cpp_extension.load compiles cpu_kernels.cpp (LSTM) and cpu_hidden_kernels.cpp (GRU,
+simple RNN), which share cpu_common.h, into one module with the system C++ compiler and ninja
 into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions) and reuses the build while the
 source and flags are unchanged. The module name carries the CPU's vector ISA, because the code is
 compiled for it (AVX512 / AVX2 via ATen's Vectorized, whose exp/tanh are libtorch's Sleef), so a
@@ -26,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_hidden_kernels.cpp")]
+HEADERS = [Path(__file__).with_name("cpu_common.h")]
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
@@ -47,7 +49,8 @@ def build_name_and_flags() -> tuple[str, list[str]]:
     """The extension's name (ISA + a digest of source, flags and torch version) and compiler flags."""
     isa = _isa()
     flags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}", *_ISA_FLAGS.get(isa, [])]
-    digest = hashlib.sha1((SOURCE.read_text() + " ".join(flags) + torch.__version__).encode()).hexdigest()[:10]
+    text = "".join(path.read_text() for path in SOURCES + HEADERS)
+    digest = hashlib.sha1((text + " ".join(flags) + torch.__version__).encode()).hexdigest()[:10]
     return f"zoneout_fused_cpu_{isa.lower()}_{digest}", flags
 
 
@@ -68,8 +71,8 @@ def load(verbose: bool = False):
             if not acquired:
                 raise TimeoutError(f"another process held the build lock of {build_dir} for {wait_seconds():g} s "
                                    "(ZONEOUT_BUILD_WAIT_S)")
-            module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                                        build_directory=str(build_dir), verbose=verbose)
+            module = cpp_extension.load(name=name, sources=[str(path) for path in SOURCES], extra_cflags=flags,
+                                        extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=verbose)
     except Exception as error:  # no compiler, no ninja, no headers, a build that never ends: PyTorch kernels
         _log.warning("zoneout fused CPU kernels could not be built (%s); using the pure-PyTorch path",
                      str(error).splitlines()[0] if str(error) else type(error).__name__)

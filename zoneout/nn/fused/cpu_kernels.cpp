@@ -2,119 +2,14 @@
 // recurrent GEMM (MKL's packed-weight GEMM for float32, else at::addmm_) plus one pass of fused,
 // vectorized pointwise code per batch row -- no Python and no autograd nodes per step.
 //
-// Equations and mask semantics: zoneout/nn/reference.py. Gate order i, f, g, o. A mask is either
-// absent, a scalar (eval expectation) or a bool tensor expanded to (T, B, H) whose last stride is
-// 0 or 1 (so (T,B,1) stochastic depth and (T,1,H) static masks are read without copies).
-#include <torch/extension.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
-
-#include <optional>
-#include <vector>
+// Equations and mask semantics: zoneout/nn/reference.py. Gate order i, f, g, o. Masks, activations
+// and the recurrent GEMM: cpu_common.h. The module also holds the GRU / simple-RNN kernels
+// (cpu_hidden_kernels.cpp).
+#include "cpu_common.h"
 
 namespace {
 
-using at::Tensor;
-using at::vec::Vectorized;
-
-enum Kind : int64_t { kAbsent = 0, kScalar = 1, kBool = 2 };
-
-// One RecurrentNoise field as the kernels read it.
-struct Mask {
-  int64_t kind;
-  double value;
-  const uint8_t* data = nullptr;  // bool storage, read as bytes so loops vectorize
-  int64_t stride_t = 0, stride_b = 0, stride_h = 0;
-
-  Mask(int64_t kind_, double value_, const std::optional<Tensor>& tensor) : kind(kind_), value(value_) {
-    if (kind == kBool) {
-      TORCH_CHECK(tensor.has_value() && tensor->scalar_type() == at::kBool && tensor->dim() == 3,
-                  "bool mask must be a (T, B, H) bool tensor view");
-      TORCH_CHECK(tensor->stride(2) == 0 || tensor->stride(2) == 1, "bool mask must have last stride 0 or 1");
-      data = reinterpret_cast<const uint8_t*>(tensor->data_ptr<bool>());
-      stride_t = tensor->stride(0), stride_b = tensor->stride(1), stride_h = tensor->stride(2);
-    }
-  }
-};
-
-// A mask restricted to one (t, b) row: every unit keeps, none does, a scalar weight, or per unit.
-struct Row {
-  enum Mode { kNone, kAll, kWeight, kPerUnit } mode;
-  double weight = 0.0;
-  const uint8_t* keep = nullptr;
-};
-
-// `absent_keeps` says what "no mask" means: the zoneout keep masks keep nothing, the
-// recurrent-dropout update mask keeps every update.
-Row row_of(const Mask& mask, int64_t t, int64_t b, bool absent_keeps) {
-  if (mask.kind == kAbsent) return {absent_keeps ? Row::kAll : Row::kNone};
-  if (mask.kind == kScalar) return {Row::kWeight, mask.value};
-  const uint8_t* first = mask.data + t * mask.stride_t + b * mask.stride_b;
-  if (mask.stride_h == 0) return {*first ? Row::kAll : Row::kNone};
-  return {Row::kPerUnit, 0.0, first};
-}
-
-// out = keep ? previous : candidate (bool), or candidate + w * (previous - candidate) (expectation).
-template <typename T>
-void keep_or_update(const Row& keep, const T* __restrict__ previous, const T* candidate, T* out, int64_t n) {
-  switch (keep.mode) {
-    case Row::kNone: if (out != candidate) std::copy(candidate, candidate + n, out); break;
-    case Row::kAll: std::copy(previous, previous + n, out); break;
-    case Row::kWeight: {
-      const T w = static_cast<T>(keep.weight);
-      for (int64_t j = 0; j < n; ++j) out[j] = candidate[j] + w * (previous[j] - candidate[j]);
-      break;
-    }
-    case Row::kPerUnit:
-      for (int64_t j = 0; j < n; ++j) out[j] = keep.keep[j] != 0 ? previous[j] : candidate[j];
-      break;
-  }
-}
-
-// A row's mask as multipliers in `out` (bool -> 0/1), so the backward loop is branch-free and vectorizes.
-template <typename T>
-void fill_factors(const Row& keep, T* __restrict__ out, int64_t n) {
-  switch (keep.mode) {
-    case Row::kNone: std::fill(out, out + n, T(0)); break;
-    case Row::kAll: std::fill(out, out + n, T(1)); break;
-    case Row::kWeight: std::fill(out, out + n, static_cast<T>(keep.weight)); break;
-    case Row::kPerUnit:
-      for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(keep.keep[j]);
-      break;
-  }
-}
-
-template <typename T>
-void sigmoid_(T* x, int64_t n) {
-  using V = Vectorized<T>;
-  at::vec::map([](V v) { return V(T(1)) / (V(T(1)) + v.neg().exp()); }, x, x, n);
-}
-
-// float tanh with one exp (Sleef's tanhf_u10 costs several): 1 - 2 / (exp(2|x|) + 1) with the sign
-// restored, and for |x| < 0.625, where that cancels, Cephes' odd polynomial. Max error ~2 ulp.
-// double keeps Sleef's tanh (the float64 tests compare to torch.tanh at 1e-10).
-template <typename T>
-void tanh_(T* x, int64_t n) {
-  using V = Vectorized<T>;
-  if constexpr (std::is_same_v<T, float>) {
-    at::vec::map([](V v) {
-      const V a = v.abs();
-      const V large = V(1.0f) - V(2.0f) / ((a + a).exp() + V(1.0f));
-      const V z = v * v;
-      const V small = ((((V(-5.70498872745e-3f) * z + V(2.06390887954e-2f)) * z - V(5.37397155531e-2f)) * z +
-                        V(1.33314422036e-1f)) * z - V(3.33332819422e-1f)) * z * v + v;
-      const V signed_large = V::blendv(large, large.neg(), v < V(0.0f));
-      return V::blendv(signed_large, small, a < V(0.625f));
-    }, x, x, n);
-  } else {
-    at::vec::map([](V v) { return v.tanh(); }, x, x, n);
-  }
-}
-
-// Rows per parallel chunk: enough work per thread (~16k gate values) to pay for the fork/join.
-// Without -fopenmp at::parallel_for runs the rows serially.
-inline int64_t row_grain(int64_t H) { return std::max<int64_t>(1, 16384 / (4 * H)); }
+using namespace zoneout_cpu;
 
 // One timestep's pointwise forward for every batch row. `gates` (B, 4H) holds pre-activations on
 // entry and the activated gates on exit; `tanh_cell` receives tanh(c~).
@@ -122,7 +17,7 @@ template <typename T>
 void forward_pointwise(int64_t t, int64_t B, int64_t H, T* gates, const T* recurrent, const T* h_prev,
                        const T* c_prev, T* h_next, T* c_next, T* tanh_cell, const Mask& keep_cell,
                        const Mask& keep_hidden, const Mask& update_keep) {
-  at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, row_grain(4 * H), [&](int64_t begin, int64_t end) {
   for (int64_t b = begin; b < end; ++b) {
     T* i = gates + b * 4 * H;
     if (recurrent != nullptr) {  // the recurrent GEMM wrote its own buffer: pre-activation = x-part + h-part
@@ -189,7 +84,7 @@ template <typename T>
 void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T* c_prev, const T* tanh_cell,
                         const T* grad_output, T* dh, T* dc, T* dgates, const Mask& keep_cell,
                         const Mask& keep_hidden, const Mask& update_keep) {
-  at::parallel_for(0, B, row_grain(H), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, row_grain(4 * H), [&](int64_t begin, int64_t end) {
   std::vector<T> scratch(3 * H);  // per thread: the row's masks as multipliers
   T *keep_h = scratch.data(), *keep_c = keep_h + H, *m = keep_h + 2 * H;
   for (int64_t b = begin; b < end; ++b) {
@@ -210,46 +105,6 @@ std::vector<Mask> masks_of(const std::vector<int64_t>& kinds, const std::vector<
   return {Mask(kinds[0], values[0], tensors[0]), Mask(kinds[1], values[1], tensors[1]),
           Mask(kinds[2], values[2], tensors[2])};
 }
-
-// The recurrent GEMM h_prev @ W_hh^T of one step. float32 with MKL and H >= 256: torch's
-// mkl::_mkl_linear with the weight packed once per sequence (measured 10-40% faster than addmm at
-// B in {32, 128}, H in {256, 1000}, as oneDNN's RNN also keeps its weights packed; no gain at H=100,
-// where the extra output buffer per step costs more); it returns a new (B, 4H) tensor that the
-// pointwise pass adds. Otherwise addmm_ accumulates into the gates in place: nothing to add.
-struct RecurrentGemm {
-  Tensor weight, weight_t, packed;
-  std::optional<c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&,
-                                                const std::optional<Tensor>&, int64_t)>> linear;
-
-  // A one-step call (ZoneoutLSTMCell) skips the packing: it would be redone every step and costs
-  // about as much as the GEMM it speeds up.
-  RecurrentGemm(const Tensor& weight_hh, int64_t B, int64_t T) : weight(weight_hh) {
-    if (T > 1 && weight_hh.scalar_type() == at::kFloat && weight_hh.size(1) >= 256) {
-      auto& dispatcher = c10::Dispatcher::singleton();
-      auto reorder = dispatcher.findOp({"mkl::_mkl_reorder_linear_weight", ""});
-      auto op = dispatcher.findOp({"mkl::_mkl_linear", ""});
-      if (reorder && op) {
-        try {
-          packed = reorder->typed<Tensor(const Tensor&, int64_t)>().call(weight_hh, B);
-          linear = op->typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                                    int64_t)>();
-        } catch (const std::exception&) {  // e.g. a build whose MKL lacks packed GEMM: plain addmm
-          linear.reset();
-        }
-      }
-    }
-    // (H, 4H) contiguous: addmm's faster layout for small B, worth its copy over a sequence; a one-step
-    // call would copy the whole matrix for one GEMM, so it passes the transposed view (MKL reads it as is).
-    if (!linear) weight_t = T > 1 ? weight_hh.t().contiguous() : weight_hh.t();
-  }
-
-  // Returns the buffer to add to `gates_t`, or an undefined tensor if it was accumulated in place.
-  Tensor operator()(const Tensor& h_prev, Tensor& gates_t) const {
-    if (linear) return linear->call(h_prev, packed, weight, std::nullopt, h_prev.size(0)).contiguous();
-    gates_t.addmm_(h_prev, weight_t);
-    return Tensor();
-  }
-};
 
 // gates (T, B, 4H): the input projection plus biases; overwritten with the activated gates.
 // Returns output (T,B,H), cells (T+1,B,H; cells[0] = c0) and tanh(c~) (T,B,H) when `save`,
@@ -313,4 +168,5 @@ std::vector<Tensor> backward(Tensor grad_output, Tensor grad_h, Tensor grad_c, T
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "fused zoneout LSTM layer forward (CPU)");
   m.def("backward", &backward, "fused zoneout LSTM layer backward (CPU)");
+  zoneout_cpu::register_hidden_kernels(m);
 }

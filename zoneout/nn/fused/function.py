@@ -23,13 +23,24 @@ from zoneout.nn.fused.masks import CompactNoise
 def input_projection(input: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor]
                      ) -> Tensor:
     """(T, B, 4H) pre-activations from the input alone: x W_ih^T + b_ih + b_hh, one GEMM."""
+    return project(input, weight_ih, None if bias_ih is None else bias_ih + bias_hh)
+
+
+def project(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """input (T, B, I) @ weight^T (+ bias) as one (T*B, I) GEMM -> (T, B, rows of weight)."""
     T, B, I = input.shape
     x = input.reshape(T * B, I)
-    if bias_ih is None:
-        gates = torch.mm(x, weight_ih.t())
-    else:
-        gates = torch.addmm(bias_ih + bias_hh, x, weight_ih.t())
+    gates = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
     return gates.view(T, B, -1)
+
+
+def recurrent_weight_grad(flat: Tensor, h0: Tensor, output: Tensor) -> Tensor:
+    """sum_t dgates_t^T h_{t-1} with h_{-1} = h0 and h_t = output[t]; flat is dgates as (T*B, G*H)."""
+    B = h0.shape[0]
+    grad = torch.mm(flat[:B].t(), h0)
+    if output.shape[0] > 1:
+        grad.addmm_(flat[B:].t(), output[:-1].reshape(-1, output.shape[-1]))
+    return grad
 
 
 def run_inference(kernels, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise: CompactNoise):
@@ -79,11 +90,7 @@ class FusedLSTMFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         grad_input = torch.mm(flat, weight_ih).view(T, B, I) if need[0] else None
         grad_weight_ih = torch.mm(flat.t(), input.reshape(T * B, I)) if need[3] else None
-        grad_weight_hh = None
-        if need[4]:  # sum_t dgates_t^T h_{t-1}, with h_{-1} = h0 and h_t = output[t]
-            grad_weight_hh = torch.mm(flat[:B].t(), h0)
-            if T > 1:
-                grad_weight_hh.addmm_(flat[B:].t(), output[:-1].reshape((T - 1) * B, -1))
+        grad_weight_hh = recurrent_weight_grad(flat, h0, output) if need[4] else None
         grad_bias = flat.sum(0) if ctx.has_bias and (need[5] or need[6]) else None
         return (grad_input, dh0 if need[1] else None, dc0 if need[2] else None, grad_weight_ih, grad_weight_hh,
                 grad_bias if need[5] else None, grad_bias.clone() if need[6] else None, None, None)
