@@ -94,7 +94,7 @@ replicate-seq2seq-addition: install  ## original repo's toy: seq2seq LSTM additi
 slurm-vs-sequential: data install-slurm  ## wall time of the 2-seed quick char-PTB table: sequential vs a local Slurm -> results/quick/slurm_vs_sequential.md
 	scripts/slurm_vs_sequential.sh
 
-bench: install  ## fused vs reference vs nn.LSTM training-step benchmark + speech/TTS rows -> results/bench_<device>.md
+bench: install  ## fused vs reference vs nn.LSTM training-step benchmark + speech/TTS and recurrent-BN rows -> results/bench_<device>.md
 	$(BIN)/python scripts/bench.py
 
 clean:  ## remove runs and caches (keeps data and the venv)

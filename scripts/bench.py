@@ -11,13 +11,15 @@ rows (noise on a shared machine hits all of them alike); the table reports media
     python scripts/bench.py --cpu-options    # fused CPU kernels: C++ vs PyTorch ops vs TorchScript vs compile
     python scripts/bench.py --device cuda --ptb-epoch [--tf32] [--bf16] [--cuda-graphs]
     python scripts/bench.py --tts-only [--tiny]   # only the speech/TTS rows (bench_tts.py); --tiny: a smoke check
+    python scripts/bench.py --bn-only [--tiny]    # only the recurrent-BN LSTM rows (bench_bn.py)
     python scripts/bench.py --rnn gru|rnn [--quick]  # GRU / tanh-RNN rows instead (CPU; issue 10)
 
 With --rnn gru (rnn): nn.GRU (nn.RNN, tanh), GRU (RNN)(impl="reference") and (impl="fused") with
 z_h = 0.05, written to results/bench_cpu_gru.md (_rnn.md); no TTS rows, no targets.
 
-The speech/TTS rows (bidirectional layer, 200-step cell decoder loop; scripts/bench_tts.py) are
-appended to every default run; --no-tts leaves them out.
+The speech/TTS rows (bidirectional layer, 200-step cell decoder loop; scripts/bench_tts.py) and the
+recurrent-BN LSTM rows (reference loop vs fast path at the char-PTB and pMNIST shapes;
+scripts/bench_bn.py) are appended to every default run; --no-tts / --no-bn leave them out.
 
 On CUDA the report also profiles the fused step with and without CUDA graphs (torch.profiler): host
 time to issue a step vs the GPU's kernel time. Host >= GPU means the step is launch-bound, which is
@@ -47,6 +49,7 @@ from zoneout.nn.lstm import ZoneoutLSTM
 from zoneout.nn.rnn import RNN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_bn import bn_section  # noqa: E402
 from bench_tts import tts_section  # noqa: E402
 
 Z_CELL, Z_HIDDEN, VOCAB, PMNIST = 0.5, 0.05, 50, "pMNIST"
@@ -365,7 +368,10 @@ def parse_args():
     add("--keep-denormals", action="store_true", help="do not flush denormals (CPU pMNIST then ~7x slower, all rows)")
     add("--no-tts", action="store_true", help="leave out the speech/TTS rows")
     add("--tts-only", action="store_true", help="only the speech/TTS rows (bidirectional layer, cell decoder loop)")
-    add("--tiny", action="store_true", help="with --tts-only: tiny shapes, a smoke check (no meaningful times)")
+    add("--no-bn", action="store_true", help="leave out the recurrent-BN LSTM rows")
+    add("--bn-only", action="store_true", help="only the recurrent-BN LSTM rows (reference vs fused BatchNormLSTM)")
+    add("--tiny", action="store_true",
+        help="with --tts-only / --bn-only: tiny shapes, a smoke check (no meaningful times)")
     add("--worker", default="", help=argparse.SUPPRESS)
     add("--peak", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -427,9 +433,10 @@ def main():
         return
     load_before = os.getloadavg()
     reps = args.reps or (2 if args.quick or args.tiny else 5)
-    if args.tts_only:
-        text = "\n".join(["# Speech/TTS rows", ""] + describe(device) + [""] +
-                         tts_section(device, time_rows, reps, tiny=args.tiny))
+    if args.tts_only or args.bn_only:
+        title, section = (("# Speech/TTS rows", tts_section) if args.tts_only else
+                          ("# Recurrent-BN LSTM rows", bn_section))
+        text = "\n".join([title, ""] + describe(device) + [""] + section(device, time_rows, reps, tiny=args.tiny))
         print(text)
         if args.out:
             Path(args.out).write_text(text)
@@ -444,6 +451,8 @@ def main():
     text = report(args, device, header, *run_table(args, device, args.rows), load_before)
     if not (args.no_tts or args.cpu_options or KIND != "lstm"):
         text += "\n" + "\n".join(tts_section(device, time_rows, reps))
+    if not (args.no_bn or args.cpu_options or KIND != "lstm"):
+        text += "\n" + "\n".join(bn_section(device, time_rows, reps))
     print(text)
     suffix = "" if KIND == "lstm" else f"_{KIND}"
     out = args.out or (None if args.cpu_options else f"results/bench_{device.type}{suffix}.md")

@@ -1,4 +1,6 @@
-"""Recurrent batch-norm LSTM: per-timestep batch statistics, population statistics, reuse past max_length."""
+"""Recurrent batch-norm LSTM: per-timestep batch statistics, population statistics, reuse past max_length.
+The oracle tests run on both implementations (impl="reference", the loop, and "fused", the fast path);
+tests/test_bn_lstm_fast.py compares the two directly, gradients included."""
 import pytest
 import torch
 
@@ -46,6 +48,11 @@ def oracle(model, x, h0, c0, layer=0, population=None, keep_cell=None, keep_hidd
     return torch.stack(outputs), h, c, used
 
 
+@pytest.fixture(params=["reference", "fused"])
+def impl(request):
+    return request.param
+
+
 def make_model(seed=0, **kwargs):
     torch.manual_seed(seed)
     model = BatchNormLSTM(I, H, **{"max_length": 10, **kwargs}).double()
@@ -76,8 +83,8 @@ def test_initialisation_and_buffer_shapes():
     assert model.weight_ih_l0.shape == (4 * H, I) and model.weight_hh_l1.shape == (4 * H, H)
 
 
-def test_training_uses_per_timestep_batch_statistics():
-    model = make_model(eps=1e-10).train()
+def test_training_uses_per_timestep_batch_statistics(impl):
+    model = make_model(eps=1e-10, impl=impl).train()
     x, h0, c0 = sequence(5)
     normalised = []
 
@@ -94,7 +101,8 @@ def test_training_uses_per_timestep_batch_statistics():
         bn = getattr(model, f"bn_{kind}_l0")
         bn.normalize = recording(bn)
     output, (h_n, c_n) = model(x, (h0, c0))
-    assert len(normalised) == 1 + 2 * 5  # one call for all input timesteps, one per step for hh and c
+    if impl == "reference":  # (the fast path normalises inside its kernels)
+        assert len(normalised) == 1 + 2 * 5  # one call for all input timesteps, one per step for hh and c
     for values in normalised:  # ([S,] B, F): every timestep and feature has batch mean 0, variance 1
         torch.testing.assert_close(values.mean(-2), torch.zeros_like(values.mean(-2)), rtol=0, atol=1e-9)
         torch.testing.assert_close(values.var(-2, unbiased=False), torch.ones_like(values.mean(-2)), rtol=0, atol=1e-4)
@@ -109,8 +117,8 @@ def test_training_uses_per_timestep_batch_statistics():
     (False, 0.01, [0.01] * 3),                # [R]: the EMA from (mean 0, var 1)
     (True, 0.3, [1, 1 / 2, 1 / 3, 0.3, 0.3]),  # average of the first batches, then the EMA
 ])
-def test_population_statistics_are_the_ema_of_batch_statistics(warmup, momentum, weights):
-    model = make_model(momentum=momentum, population_warmup=warmup).train()
+def test_population_statistics_are_the_ema_of_batch_statistics(warmup, momentum, weights, impl):
+    model = make_model(momentum=momentum, population_warmup=warmup, impl=impl).train()
     T = 4
     population = {kind: [torch.zeros(T, F, dtype=torch.float64), torch.ones(T, F, dtype=torch.float64)]
                   for kind, F in (("ih", 4 * H), ("hh", 4 * H), ("c", H))}
@@ -147,8 +155,8 @@ def test_warmup_population_after_one_batch_is_that_batch_and_forgets_the_init():
 
 
 @pytest.mark.parametrize("max_length, train_length, last", [(4, 4, 3), (10, 3, 2), (4, 6, 3)])
-def test_eval_beyond_trained_length_reuses_last_statistics(max_length, train_length, last):
-    model = make_model(max_length=max_length).train()
+def test_eval_beyond_trained_length_reuses_last_statistics(max_length, train_length, last, impl):
+    model = make_model(max_length=max_length, impl=impl).train()
     for seed in range(2):
         x, h0, c0 = sequence(train_length, seed=seed)
         model(x, (h0, c0))
@@ -182,12 +190,12 @@ class FixedNoise(RecurrentNoiseSource):
         return self.fixed
 
 
-def test_training_with_fixed_zoneout_and_update_masks_matches_oracle():
+def test_training_with_fixed_zoneout_and_update_masks_matches_oracle(impl):
     T, B = 5, 16
     shared = torch.rand(T, B, H) < 0.3
     update_keep = torch.rand(T, B, H) < 0.5
     source = FixedNoise(RecurrentNoise(keep_cell=shared, keep_hidden=shared, update_keep=update_keep))
-    model = make_model(recurrent_regularizers=[source]).train()
+    model = make_model(recurrent_regularizers=[source], impl=impl).train()
     x, h0, c0 = sequence(T, B)
     output, (h_n, c_n) = model(x, (h0, c0))
     expected, h_T, c_T, _ = oracle(model, x, h0[0], c0[0], keep_cell=shared.double(),
@@ -196,10 +204,10 @@ def test_training_with_fixed_zoneout_and_update_masks_matches_oracle():
     torch.testing.assert_close((h_n[0], c_n[0]), (h_T, c_T), rtol=0, atol=1e-12)
 
 
-def test_shared_mask_zoneout_training_and_deterministic_eval():
+def test_shared_mask_zoneout_training_and_deterministic_eval(impl):
     torch.manual_seed(0)
     zoneout = Zoneout(cell=0.15, hidden=0.15, shared_mask=True)
-    model = make_model(recurrent_regularizers=[zoneout, RecurrentDropout(0.5)]).train()
+    model = make_model(recurrent_regularizers=[zoneout, RecurrentDropout(0.5)], impl=impl).train()
     x, h0, c0 = sequence(1, B=256)
     _, (h_n, c_n) = model(x, (h0, c0))
     kept_h, kept_c = h_n == h0, c_n == c0
@@ -215,9 +223,9 @@ def test_shared_mask_zoneout_training_and_deterministic_eval():
     torch.testing.assert_close(first[0], expected, rtol=0, atol=1e-12)
 
 
-def test_two_layers_draw_noise_per_layer_and_chain_like_the_oracle():
+def test_two_layers_draw_noise_per_layer_and_chain_like_the_oracle(impl):
     source = FixedNoise(RecurrentNoise())
-    model = make_model(num_layers=2, recurrent_regularizers=[source]).train()
+    model = make_model(num_layers=2, recurrent_regularizers=[source], impl=impl).train()
     T, B = 4, 8
     x = torch.randn(T, B, I, dtype=torch.float64)
     h0, c0 = torch.randn(2, B, H, dtype=torch.float64), torch.randn(2, B, H, dtype=torch.float64)
@@ -229,8 +237,8 @@ def test_two_layers_draw_noise_per_layer_and_chain_like_the_oracle():
     torch.testing.assert_close((h_n, c_n), (torch.stack([h1, h2]), torch.stack([c1, c2])), rtol=0, atol=1e-12)
 
 
-def test_batch_first_layout():
-    model = make_model().eval()
+def test_batch_first_layout(impl):
+    model = make_model(impl=impl).eval()
     x = torch.randn(5, 3, I, dtype=torch.float64)
     time_major = model(x)[0]
     model.batch_first = True
@@ -258,10 +266,10 @@ def test_bad_shapes_raise_value_error():
         model(torch.randn(4, 2, I), (torch.zeros(1, 3, H), torch.zeros(1, 3, H)))
 
 
-def test_recalibration_is_the_plain_average_of_batch_statistics_with_current_weights():
+def test_recalibration_is_the_plain_average_of_batch_statistics_with_current_weights(impl):
     from zoneout.nn.bn_lstm import recalibrate_population
 
-    model = make_model(momentum=0.3).train()
+    model = make_model(momentum=0.3, impl=impl).train()
     T = 4
     for seed in range(3):  # some training-time history, to be forgotten
         x, h0, c0 = sequence(T, seed=seed)

@@ -47,7 +47,7 @@ def make_layer(cell: str, input_size: int, hidden_size: int, sources: list, mode
                    impl=model_cfg.impl)
     from zoneout.nn.bn_lstm import BatchNormLSTM
     return BatchNormLSTM(input_size, hidden_size, max_length=max_length, population_warmup=model_cfg.bn_population_warmup,
-                         recurrent_regularizers=sources)
+                         recurrent_regularizers=sources, impl=model_cfg.impl)
 
 
 def build_model(model_cfg, reg, input_vocab: int | None, num_outputs: int, max_length: int):

@@ -21,6 +21,10 @@ fast (quick-scale pMNIST: valid error 0.83 with the population vs 0.61 with batc
 100 steps); `recalibrate_population` re-estimates it from training batches with the current weights
 (0.62 there), which train.py does before every evaluation with trainer.bn_recalibration_batches.
 Weights and biases are named like nn.LSTM's (gate order i, f, g, o); gammas init 0.1, betas 0.
+`impl` picks how a layer runs: "reference" (`reference_bn_lstm_layer`, the readable loop and the test oracle)
+or "fused"/"auto" (zoneout/nn/fused/bn_function.py: the same computation as one autograd.Function with C++
+CPU kernels, several times faster per training step; it runs the reference loop itself for what it does not
+support, and the reference runs whatever `impl` says while tracing, exporting or compiling).
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, keep_or_update, scale_update
+
+IMPLS = ("auto", "reference", "fused")
 
 
 class StepwiseBatchNorm(nn.Module):
@@ -135,10 +141,10 @@ def recalibrate_population(model: nn.Module, run_batch: Callable[[object], objec
     return count
 
 
-def bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
-                  bias_hh: Tensor, bn_ih: StepwiseBatchNorm, bn_hh: StepwiseBatchNorm, bn_c: StepwiseBatchNorm,
-                  noise: RecurrentNoise) -> tuple[Tensor, Tensor, Tensor]:
-    """One BN-LSTM layer: input (T, B, I), h0/c0 (B, H) -> output (T, B, H), h_T, c_T."""
+def reference_bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                            bias_ih: Tensor, bias_hh: Tensor, bn_ih: StepwiseBatchNorm, bn_hh: StepwiseBatchNorm,
+                            bn_c: StepwiseBatchNorm, noise: RecurrentNoise) -> tuple[Tensor, Tensor, Tensor]:
+    """One BN-LSTM layer: input (T, B, I), h0/c0 (B, H) -> output (T, B, H), h_T, c_T. The reference loop."""
     steps = input.shape[0]
     gates_x = bn_ih(input @ weight_ih.t(), start=0) + (bias_ih + bias_hh)  # per-timestep stats, all at once
     gates_x = gates_x.unbind(0)  # per-step views: indexing would make backward O(T^2)
@@ -177,12 +183,16 @@ def bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weig
 class BatchNormLSTM(nn.Module):
     """Multi-layer recurrent-BN LSTM; noise from `recurrent_regularizers` (zoneout, recurrent dropout,
     stochastic depth), one draw per layer and forward pass. `max_length`: the longest training sequence
-    (784 for pMNIST). `population_warmup`: see the module docstring."""
+    (784 for pMNIST). `population_warmup`, `impl`: see the module docstring."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
                  max_length: int = 784, gamma_init: float = 0.1, eps: float = 1e-5, momentum: float = 0.01,
-                 population_warmup: bool = True, recurrent_regularizers: Sequence[RecurrentNoiseSource] = ()):
+                 population_warmup: bool = True, recurrent_regularizers: Sequence[RecurrentNoiseSource] = (),
+                 impl: str = "auto"):
         super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
                             ("max_length", max_length)):
             if int(value) != value or value <= 0:
@@ -234,8 +244,18 @@ class BatchNormLSTM(nn.Module):
 
     def layer_forward(self, layer: int, input: Tensor, h0: Tensor, c0: Tensor, noise: RecurrentNoise):
         get = lambda name: getattr(self, f"{name}_l{layer}")  # noqa: E731  (read at call time: weight noise)
-        return bn_lstm_layer(input, h0, c0, get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
+        return self.layer_function()(input, h0, c0, get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
                              get("bn_ih"), get("bn_hh"), get("bn_c"), noise)
+
+    def layer_function(self) -> Callable:
+        """The layer function `impl` selects (the reference while tracing, exporting or compiling)."""
+        from zoneout.nn.lstm import _capturing
+
+        if getattr(self, "impl", "auto") == "reference" or _capturing():  # (a model pickled before impl existed)
+            return reference_bn_lstm_layer
+        from zoneout.nn.fused.bn_function import bn_lstm_layer
+
+        return bn_lstm_layer
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -265,5 +285,5 @@ class BatchNormLSTM(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, max_length={self.max_length}, "
                 f"gamma_init={self.gamma_init}, eps={self.eps}, momentum={self.momentum}, "
-                f"population_warmup={self.population_warmup}")
+                f"population_warmup={self.population_warmup}, impl={self.impl!r}")
 

@@ -1,4 +1,5 @@
-// Shared by the fused CPU kernels (cpu_kernels.cpp: LSTM; cpu_hidden_kernels.cpp: GRU, simple RNN):
+// Shared by the fused CPU kernels (cpu_kernels.cpp: LSTM; cpu_hidden_kernels.cpp: GRU, simple RNN;
+// bn_cpu_kernels.cpp: recurrent-BN LSTM, a module of its own):
 // the mask representation, the vectorized activations and the recurrent GEMM of one step.
 // A mask is either absent, a scalar (eval expectation) or a bool tensor expanded to (T, B, H) whose
 // last stride is 0 or 1 (so (T,B,1) stochastic depth and (T,1,H) static masks are read without copies).
@@ -110,6 +111,14 @@ void tanh_(T* x, int64_t n) {
   } else {
     at::vec::map([](V v) { return v.tanh(); }, x, x, n);
   }
+}
+
+// The three RecurrentNoise fields (keep_cell, keep_hidden, update_keep) as passed from Python.
+inline std::vector<Mask> masks_of(const std::vector<int64_t>& kinds, const std::vector<double>& values,
+                           const std::vector<std::optional<Tensor>>& tensors) {
+  TORCH_CHECK(kinds.size() == 3 && values.size() == 3 && tensors.size() == 3, "need 3 masks");
+  return {Mask(kinds[0], values[0], tensors[0]), Mask(kinds[1], values[1], tensors[1]),
+          Mask(kinds[2], values[2], tensors[2])};
 }
 
 // The recurrent GEMM h_prev @ W_hh^T of one step. float32 with MKL and H >= 256: torch's

@@ -1,12 +1,14 @@
 """Build (once, cached) and load the C++ CPU kernels; None when they cannot be built.
 
-torch.utils.cpp_extension.load compiles cpu_kernels.cpp (LSTM) and cpu_hidden_kernels.cpp (GRU,
-simple RNN), which share cpu_common.h, into one module with the system C++ compiler and ninja
+Two extensions share this machinery: the fused kernels (`FUSED`, the default of every function here:
+cpu_kernels.cpp for the LSTM and cpu_hidden_kernels.cpp for the GRU and simple RNN, one module) and the
+recurrent-BN LSTM's (bn_cpu_kernels.cpp, `BN_LSTM`); all include cpu_common.h.
+torch.utils.cpp_extension.load compiles an extension with the system C++ compiler and ninja
 into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions) and reuses the build while the
 source and flags are unchanged. The module name carries the CPU's vector ISA, because the code is
 compiled for it (AVX512 / AVX2 via ATen's Vectorized, whose exp/tanh are libtorch's Sleef), so a
 cache shared between different machines never loads code the CPU cannot run.
-Set ZONEOUT_FUSED_CPP=0 to skip the build and use the pure-PyTorch kernels.
+Set ZONEOUT_FUSED_CPP=0 to skip the builds (both extensions) and use the pure-PyTorch kernels.
 
 A build killed midway (Ctrl-C, kill -9, a cluster time limit) must never hang later runs: torch's own
 build lock is a plain file that outlives a killed builder, and every later process would wait on it
@@ -23,18 +25,35 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_hidden_kernels.cpp")]
-HEADERS = [Path(__file__).with_name("cpu_common.h")]
+_HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Extension:
+    """One C++ extension: its module-name prefix, the sources it compiles into one module and the headers
+    they include (all hashed into the build name), and what to call it in messages."""
+    prefix: str
+    sources: tuple[Path, ...]
+    headers: tuple[Path, ...]
+    what: str
+
+
+FUSED = Extension("zoneout_fused_cpu", (_HERE / "cpu_kernels.cpp", _HERE / "cpu_hidden_kernels.cpp"),
+                  (_HERE / "cpu_common.h",), "fused CPU kernels")
+BN_LSTM = Extension("zoneout_bn_lstm_cpu", (_HERE / "bn_cpu_kernels.cpp",), (_HERE / "cpu_common.h",),
+                    "recurrent-BN LSTM CPU kernels")
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
 }
 _log = logging.getLogger(__name__)
-_state: dict = {}  # "module": the loaded module or None, "error": why not, "build_seconds"
+# Extension prefix -> {"module": the loaded module or None, "error": why not, "build_seconds"}.
+_state: dict = {}
 
 
 def _isa() -> str:
@@ -45,40 +64,41 @@ def _isa() -> str:
     return capability if capability in _ISA_FLAGS else "DEFAULT"
 
 
-def build_name_and_flags() -> tuple[str, list[str]]:
-    """The extension's name (ISA + a digest of source, flags and torch version) and compiler flags."""
+def build_name_and_flags(extension: Extension = FUSED) -> tuple[str, list[str]]:
+    """The extension's name (ISA + a digest of sources, flags and torch version) and compiler flags."""
     isa = _isa()
     flags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}", *_ISA_FLAGS.get(isa, [])]
-    text = "".join(path.read_text() for path in SOURCES + HEADERS)
-    digest = hashlib.sha1((text + " ".join(flags) + torch.__version__).encode()).hexdigest()[:10]
-    return f"zoneout_fused_cpu_{isa.lower()}_{digest}", flags
+    texts = [path.read_text() for path in (*extension.sources, *extension.headers)]
+    digest = hashlib.sha1(("".join(texts) + " ".join(flags) + torch.__version__).encode()).hexdigest()[:10]
+    return f"{extension.prefix}_{isa.lower()}_{digest}", flags
 
 
-def load(verbose: bool = False):
+def load(verbose: bool = False, extension: Extension = FUSED):
     """The compiled module, or None (with the reason in `error()`) if disabled or it fails to build."""
-    if "module" in _state:
-        return _state["module"]
+    state = _state.setdefault(extension.prefix, {})
+    if "module" in state:
+        return state["module"]
     if os.environ.get("ZONEOUT_FUSED_CPP", "1") == "0":
-        _state.update(module=None, error="disabled by ZONEOUT_FUSED_CPP=0")
+        state.update(module=None, error="disabled by ZONEOUT_FUSED_CPP=0")
         return None
-    name, flags = build_name_and_flags()
+    name, flags = build_name_and_flags(extension)
     build_dir = build_root() / name
     start = time.perf_counter()
     try:
         from torch.utils import cpp_extension
 
-        with exclusive_build(build_dir) as acquired:
+        with exclusive_build(build_dir, extension.what) as acquired:
             if not acquired:
                 raise TimeoutError(f"another process held the build lock of {build_dir} for {wait_seconds():g} s "
                                    "(ZONEOUT_BUILD_WAIT_S)")
-            module = cpp_extension.load(name=name, sources=[str(path) for path in SOURCES], extra_cflags=flags,
+            module = cpp_extension.load(name=name, sources=[str(path) for path in extension.sources], extra_cflags=flags,
                                         extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=verbose)
     except Exception as error:  # no compiler, no ninja, no headers, a build that never ends: PyTorch kernels
-        _log.warning("zoneout fused CPU kernels could not be built (%s); using the pure-PyTorch path",
+        _log.warning("zoneout %s could not be built (%s); using the pure-PyTorch path", extension.what,
                      str(error).splitlines()[0] if str(error) else type(error).__name__)
-        _state.update(module=None, error=f"{type(error).__name__}: {error}")
+        state.update(module=None, error=f"{type(error).__name__}: {error}")
         return None
-    _state.update(module=module, error=None, build_seconds=time.perf_counter() - start)
+    state.update(module=module, error=None, build_seconds=time.perf_counter() - start)
     return module
 
 
@@ -94,7 +114,7 @@ def wait_seconds() -> float:
 
 
 @contextlib.contextmanager
-def exclusive_build(build_dir: Path):
+def exclusive_build(build_dir: Path, what: str = FUSED.what):
     """Hold build_dir's OS lock (yields True), or yield False after wait_seconds() of waiting.
     Without fcntl (Windows) it yields True and relies on torch's own lock."""
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +136,7 @@ def exclusive_build(build_dir: Path):
                 if not told:
                     handle.seek(0)
                     owner = handle.read().strip() or "another process"
-                    print(f"zoneout: waiting for {owner} to finish building the fused CPU kernels in {build_dir} "
+                    print(f"zoneout: waiting for {owner} to finish building the {what} in {build_dir} "
                           f"(at most {wait_seconds():g} s, ZONEOUT_BUILD_WAIT_S)", file=sys.stderr, flush=True)
                     told = True
                 time.sleep(0.5)
@@ -134,10 +154,10 @@ def exclusive_build(build_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def error() -> str | None:
-    return _state.get("error")
+def error(extension: Extension = FUSED) -> str | None:
+    return _state.get(extension.prefix, {}).get("error")
 
 
-def load_seconds() -> float | None:
+def load_seconds(extension: Extension = FUSED) -> float | None:
     """Wall time of the first load in this process (the full build on a cold cache)."""
-    return _state.get("build_seconds")
+    return _state.get(extension.prefix, {}).get("build_seconds")

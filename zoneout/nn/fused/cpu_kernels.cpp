@@ -99,13 +99,6 @@ void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T
   });
 }
 
-std::vector<Mask> masks_of(const std::vector<int64_t>& kinds, const std::vector<double>& values,
-                           const std::vector<std::optional<Tensor>>& tensors) {
-  TORCH_CHECK(kinds.size() == 3 && values.size() == 3 && tensors.size() == 3, "need 3 masks");
-  return {Mask(kinds[0], values[0], tensors[0]), Mask(kinds[1], values[1], tensors[1]),
-          Mask(kinds[2], values[2], tensors[2])};
-}
-
 // gates (T, B, 4H): the input projection plus biases; overwritten with the activated gates.
 // Returns output (T,B,H), cells (T+1,B,H; cells[0] = c0) and tanh(c~) (T,B,H) when `save`,
 // else output and c_T only.
