@@ -94,8 +94,8 @@ replicate-seq2seq-addition: install  ## original repo's toy: seq2seq LSTM additi
 slurm-vs-sequential: data install-slurm  ## wall time of the 2-seed quick char-PTB table: sequential vs a local Slurm -> results/quick/slurm_vs_sequential.md
 	scripts/slurm_vs_sequential.sh
 
-bench: install  ## fused vs reference vs nn.LSTM training-step benchmark + speech/TTS and recurrent-BN rows -> results/bench_<device>.md
-	$(BIN)/python scripts/bench.py
+bench: install  ## CPU: fused LSTM/GRU/RNN vs nn.LSTM/GRU/RNN + recurrent-BN rows, 1 and 2 threads -> results/bench_cpu_<vendor>.md (CUDA: scripts/bench.py --device cuda)
+	$(BIN)/python scripts/bench_cpu.py $(if $(strip $(THREADS)),--threads $(THREADS))
 
 clean:  ## remove runs and caches (keeps data and the venv)
 	rm -rf runs outputs multirun .pytest_cache
