@@ -6,7 +6,8 @@ LSTM (fused vs nn.LSTM, plus the recurrent-BN rows: fused vs the reference loop)
 (vs nn.RNN). Every ratio is measured inside one of those processes with interleaved repetitions; this
 script only gathers the reports and puts the fused-vs-PyTorch ratios side by side.
 
-    python scripts/bench_cpu.py [--threads 1,2] [--quick] [--shapes B32H256,pMNIST] [--reps N] [--out F]
+    python scripts/bench_cpu.py [--threads 1,2] [--quick] [--shapes B32H256,pMNIST] [--reps N]
+                                [--lstm-rows nn.LSTM,fused] [--kinds lstm,gru,rnn] [--out F]
 
 Run it on idle cores: a training run beside it skews every row (the load averages are in the report).
 """
@@ -47,6 +48,7 @@ def run_bench(kind: str, threads: int, args) -> str:
         command += ["--quick"] if args.quick else []
         command += ["--shapes", args.shapes] if args.shapes else []
         command += ["--reps", str(args.reps)] if args.reps else []
+        command += ["--rows", args.lstm_rows] if kind == "lstm" and args.lstm_rows else []
         command += ["--no-tts"]  # the speech/TTS rows have their own report (bench.py --tts-only)
         print(f"bench_cpu: {kind}, {threads} thread(s) ...", file=sys.stderr, flush=True)
         done = subprocess.run(command, capture_output=True, text=True)
@@ -75,6 +77,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="bench.py --quick for every run: a smoke check")
     parser.add_argument("--shapes", default="", help="passed to bench.py, e.g. B32H256,B128H1000,pMNIST")
     parser.add_argument("--reps", type=int, default=0, help="passed to bench.py")
+    parser.add_argument("--lstm-rows", default="", help="bench.py --rows for the LSTM, e.g. nn.LSTM,fused "
+                                                        "(default: all four)")
     parser.add_argument("--kinds", default="lstm,gru,rnn", help="which layers (default lstm,gru,rnn)")
     parser.add_argument("--out", default=None, help="default results/bench_cpu_<vendor>.md")
     args = parser.parse_args()
