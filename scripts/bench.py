@@ -8,7 +8,8 @@ ZoneoutLSTM(impl="fused"), the last three with z_c = 0.5, z_h = 0.05. Repetition
 rows (noise on a shared machine hits all of them alike); the table reports medians.
 
     python scripts/bench.py [--device cpu|cuda] [--quick] [--out results/bench_<device>.md]
-    python scripts/bench.py --cpu-options    # fused CPU kernels: C++ vs PyTorch ops vs TorchScript vs compile
+    python scripts/bench.py --cpu-options [--rows cpp,cpp+onednn]  # fused CPU kernel options: C++ with MKL /
+                                             # oneDNN GEMMs vs PyTorch ops vs TorchScript vs compile
     python scripts/bench.py --device cuda --ptb-epoch [--tf32] [--bf16] [--cuda-graphs]
     python scripts/bench.py --tts-only [--tiny]   # only the speech/TTS rows (bench_tts.py); --tiny: a smoke check
     python scripts/bench.py --bn-only [--tiny]    # only the recurrent-BN LSTM rows (bench_bn.py)
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoneout.nn.fused as fused
-from zoneout.nn.fused import cpu_ext
+from zoneout.nn.fused import cpu_ext, cpu_gemm
 from zoneout.nn.gru import GRU
 from zoneout.nn.lstm import ZoneoutLSTM
 from zoneout.nn.rnn import RNN
@@ -219,8 +220,9 @@ def time_split(step):
         step()
     total = (time.perf_counter() - start) * 1e6
     shares = dict.fromkeys(("gemm", "masks", "pointwise"), 0.0)
-    for e in prof.key_averages():  # mkl::_mkl_linear: the forward's packed-weight recurrent GEMM
-        kind = ("gemm" if e.key in ("aten::mm", "aten::addmm", "aten::addmm_", "mkl::_mkl_linear") else
+    for e in prof.key_averages():  # mkl::_mkl_linear: the forward's packed-weight recurrent GEMM (MKL); oneDNN's
+        kind = ("gemm" if e.key in ("aten::mm", "aten::addmm", "aten::addmm_", "mkl::_mkl_linear",
+                                    "mkldnn::_linear_pointwise") else
                 "masks" if e.key in ("aten::uniform_", "aten::lt") else
                 "pointwise" if e.key.startswith("Fused") and "Function" in e.key else None)
         if kind:
@@ -252,16 +254,28 @@ def describe(device):
                       if ln.startswith("model name")), platform.processor())
         lines.append(f"- device: CPU {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
                      f"ISA {torch.backends.cpu.get_cpu_capability()}")
+        lines.append(f"- fused CPU GEMMs: options['cpu_gemm'] = {fused.options['cpu_gemm']!r} "
+                     f"(\"auto\" = {cpu_gemm.default_cpu_gemm()} on this {cpu_gemm.cpu_vendor()} CPU)")
     lines.append(f"- torch {torch.__version__}, python {platform.python_version()}")
     return lines
 
 
+# --cpu-options rows: the fused layer's options each sets ("cpp" vs "cpp+onednn" decides options["cpu_gemm"]'s
+# "auto" per CPU vendor, zoneout/nn/fused/cpu_gemm.py).
+CPU_OPTION_ROWS = {"cpp": {"cpu_kernels": "cpp", "cpu_gemm": "mkl"},
+                   "cpp+onednn": {"cpu_kernels": "cpp", "cpu_gemm": "onednn"},
+                   **{row: {"cpu_kernels": row} for row in ("torch", "script", "compile")}}
+
+
 def option_step(option, step):
-    """--cpu-options: a fused step run with options["cpu_kernels"] = option."""
+    """--cpu-options: a fused step run with the options of row `option` (CPU_OPTION_ROWS), restored after."""
     def run():
-        fused.options["cpu_kernels"] = option
-        step()
-        fused.options["cpu_kernels"] = "auto"
+        saved = dict(fused.options)
+        fused.options.update(CPU_OPTION_ROWS[option])
+        try:
+            step()
+        finally:
+            fused.options.update(saved)
     return run
 
 
@@ -358,7 +372,7 @@ def parse_args():
     add("--cpu-options", action="store_true", help="compare the fused CPU kernel options instead")
     add("--ptb-epoch", action="store_true", help="also time a char-PTB epoch (GPU)")
     add("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)} (with nn.LSTM; nn.GRU / nn.RNN "
-                                   "with --rnn)")
+                                   f"with --rnn), or with --cpu-options of {','.join(CPU_OPTION_ROWS)}")
     add("--shapes", default="", help="comma-separated subset, e.g. B32H256,B128H1000,pMNIST")
     add("--in-process", action="store_true", help="run all shapes in this process (default: a worker each)")
     add("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
@@ -379,9 +393,14 @@ def parse_args():
     if args.rnn != "lstm" and (args.device != "cpu" or args.cpu_options or args.tts_only or args.ptb_epoch):
         parser.error("--rnn gru / rnn: CPU rows only (the fused GRU / RNN kernels are C++), without "
                      "--cpu-options, --tts-only, --ptb-epoch")
-    args.rows = ("cpp", "torch", "script", "compile") if args.cpu_options else (
-        tuple(args.rows.split(",")) if args.rows else rows)
-    if not args.cpu_options and (rows[0] not in args.rows or not set(args.rows) <= set(rows)):
+    if args.cpu_options:  # nn.LSTM is always timed with them, as the baseline
+        rows = tuple(CPU_OPTION_ROWS)
+        args.rows = tuple(args.rows.split(",")) if args.rows else rows
+        if not set(args.rows) <= set(rows):
+            parser.error(f"with --cpu-options, --rows must name rows from {rows}")
+        return args
+    args.rows = tuple(args.rows.split(",")) if args.rows else rows
+    if rows[0] not in args.rows or not set(args.rows) <= set(rows):
         parser.error(f"--rows must name rows from {rows} and include {rows[0]} (the ratio baseline)")
     return args
 

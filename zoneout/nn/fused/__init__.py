@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from zoneout.nn import reference
-from zoneout.nn.fused import cpu_ext, hidden, torch_kernels
-from zoneout.nn.fused.function import FusedLSTMFunction, run_inference
+from zoneout.nn.fused import cpu_ext, cpu_gemm, hidden, torch_kernels
+from zoneout.nn.fused.function import FusedLSTMFunction, run_inference, uses_onednn
 from zoneout.nn.fused.hidden import gru_layer, rnn_layer
 from zoneout.nn.fused.masks import CompactNoise, UnsupportedMask, compact_noise
 from zoneout.nn.noise import RecurrentNoise
@@ -32,12 +32,16 @@ __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "kernels_for", "options", "re
 #   cpu_kernels: "auto" (C++ if it builds, else "torch"), "cpp" (error if it cannot build), "torch",
 #                or the measured-and-rejected "script" / "compile" (compiled_kernels.py). GRU / RNN layers
 #                run C++ under "auto" / "cpp" and their reference loops under the others.
+#   cpu_gemm:    which library runs the C++ LSTM kernels' float32 GEMMs (cpu_gemm.py): "mkl", "onednn" (all
+#                of the layer's GEMMs) or "auto" (cpu_gemm.default_cpu_gemm(), per CPU vendor). float64, the
+#                other kernel choices and the GRU / RNN layers stay on MKL.
 #   gpu_kernels: "auto" (Triton if importable, else "torch"), "triton" or "torch".
 #   cuda_graphs: capture each step loop in a CUDA graph (Triton path; see cuda_graphs.py). Off until
 #                scripts/bench.py --device cuda shows the eager path launch-bound on a GPU.
 #   gemm_dtype:  None (the input's dtype) or torch.bfloat16 for the recurrent GEMM on CUDA: bf16 operands,
 #                fp32 accumulate and output (an error where cuBLAS has no such GEMM); cell state stays fp32.
-options = {"cpu_kernels": "auto", "gpu_kernels": "auto", "cuda_graphs": False, "gemm_dtype": None}
+options = {"cpu_kernels": "auto", "cpu_gemm": "auto", "gpu_kernels": "auto", "cuda_graphs": False,
+           "gemm_dtype": None}
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _CPU_CHOICES = ("auto", "cpp", "torch", "script", "compile")
 _compiled: dict = {}
@@ -46,14 +50,16 @@ _cpp: dict = {}
 
 
 class _CppKernels:
-    """Adapts the compiled module to the kernels interface of function.py. The backward's dgates
-    (T,B,4H) lives in a per-thread workspace reused across calls: it never leaves the backward
+    """Adapts the compiled module to the kernels interface of function.py, with `gemm` ("mkl" or
+    "onednn"; function.uses_onednn says where it applies). The backward's dgates (T,B,4H) lives in a
+    per-thread workspace reused across calls (shared by both GEMM choices): it never leaves the backward
     (only GEMM results derived from it do), and reusing it saves the first-touch page faults of a
     fresh buffer (~0.1 s per step at T=100, B=128, H=1000)."""
 
-    def __init__(self, module):
-        self.module = module
-        self._local = threading.local()
+    _local = threading.local()
+
+    def __init__(self, module, gemm: str):
+        self.module, self.gemm = module, gemm
 
     def _workspace(self, like: Tensor) -> Tensor:
         cached = getattr(self._local, "dgates", None)
@@ -63,24 +69,25 @@ class _CppKernels:
         return cached[:like.numel()].view(like.shape)
 
     def forward(self, gates, h0, c0, weight_hh, noise: CompactNoise, save: bool):
-        return self.module.forward(gates, h0, c0, weight_hh, noise.kinds(), noise.values(), noise.tensors(), save)
+        return self.module.forward(gates, h0, c0, weight_hh, noise.kinds(), noise.values(), noise.tensors(), save,
+                                   uses_onednn(self, gates))
 
     def backward(self, grad_output, grad_h, grad_c, gates, cells, tanh_cells, weight_hh, noise: CompactNoise):
         return self.module.backward(grad_output, grad_h, grad_c, gates, cells, tanh_cells, weight_hh,
-                                    noise.kinds(), noise.values(), noise.tensors(), self._workspace(gates))
+                                    noise.kinds(), noise.values(), noise.tensors(), self._workspace(gates),
+                                    uses_onednn(self, gates))
 
 
 def release_workspaces() -> None:
     """Free the CPU backward workspaces of the calling thread (they are re-created on demand)."""
-    if "kernels" in _cpp:
-        _cpp["kernels"]._local.dgates = None
+    _CppKernels._local.dgates = None
     hidden.release_workspaces()
 
 
 def kernels_for(device: torch.device):
     """The kernels object `lstm_layer` uses on `device` under the current `options`."""
     if device.type == "cpu":
-        choice = options["cpu_kernels"]
+        choice, gemm = options["cpu_kernels"], cpu_gemm.resolve(options["cpu_gemm"])
         if choice not in _CPU_CHOICES:
             raise ValueError(f"options['cpu_kernels'] must be one of {_CPU_CHOICES}, got {choice!r}")
         if choice in ("script", "compile"):
@@ -93,8 +100,11 @@ def kernels_for(device: torch.device):
             module = cpu_ext.load()
             if module is not None:
                 if _cpp.get("module") is not module:
-                    _cpp.update(module=module, kernels=_CppKernels(module))
-                return _cpp["kernels"]
+                    _cpp.clear()
+                    _cpp["module"] = module
+                if gemm not in _cpp:
+                    _cpp[gemm] = _CppKernels(module, gemm)
+                return _cpp[gemm]
             if choice == "cpp":
                 raise RuntimeError(f"the fused C++ CPU kernels are unavailable: {cpu_ext.error()}")
         return torch_kernels

@@ -1,6 +1,6 @@
 // Shared by the fused CPU kernels (cpu_kernels.cpp: LSTM; cpu_hidden_kernels.cpp: GRU, simple RNN;
 // bn_cpu_kernels.cpp: recurrent-BN LSTM, a module of its own):
-// the mask representation, the vectorized activations and the recurrent GEMM of one step.
+// the mask representation, the vectorized activations and the recurrent GEMM of one step (MKL or oneDNN).
 // A mask is either absent, a scalar (eval expectation) or a bool tensor expanded to (T, B, H) whose
 // last stride is 0 or 1 (so (T,B,1) stochastic depth and (T,1,H) static masks are read without copies).
 #pragma once
@@ -121,19 +121,57 @@ inline std::vector<Mask> masks_of(const std::vector<int64_t>& kinds, const std::
           Mask(kinds[2], values[2], tensors[2])};
 }
 
-// The recurrent GEMM h_prev @ W_hh^T of one step. float32 with MKL and H >= 256: torch's
-// mkl::_mkl_linear with the weight packed once per sequence (measured 10-40% faster than addmm at
-// B in {32, 128}, H in {256, 1000}, as oneDNN's RNN also keeps its weights packed; no gain at H=100,
-// where the extra output buffer per step costs more); it returns a new (B, G*H) tensor (G gates) that
-// the pointwise pass adds. Otherwise addmm_ accumulates into the gates in place: nothing to add.
+// x @ W^T through oneDNN (options["cpu_gemm"] = "onednn", float32; see cpu_gemm.py): torch's
+// mkldnn::_linear_pointwise, called through the dispatcher like the MKL ops below. For a sequence
+// (`pack`) the weight is reordered once into oneDNN's blocked layout for batch B
+// (mkldnn::_reorder_linear_weight), as oneDNN's RNN keeps its weights; a one-step call passes it dense,
+// where a transposed view is read as is. Returns a new (B, rows of W) tensor.
+struct OnednnLinear {
+  using Linear = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, std::string_view,
+                        c10::List<std::optional<at::Scalar>>, std::optional<std::string_view>);
+  Tensor weight;
+  c10::TypedOperatorHandle<Linear> linear;
+
+  static c10::OperatorHandle op(const char* name) {
+    const auto handle = c10::Dispatcher::singleton().findSchema({name, ""});
+    TORCH_CHECK(handle.has_value(), "this torch has no ", name, ", which options['cpu_gemm'] = 'onednn' needs");
+    return *handle;
+  }
+
+  OnednnLinear(const Tensor& weight_, int64_t B, bool pack)
+      : weight(weight_), linear(op("mkldnn::_linear_pointwise").typed<Linear>()) {
+    TORCH_CHECK(weight_.scalar_type() == at::kFloat, "the oneDNN GEMMs are float32 only");
+    if (pack) {
+      weight = op("mkldnn::_reorder_linear_weight").typed<Tensor(const Tensor&, std::optional<int64_t>)>()
+                   .call(weight_, B);
+    }
+  }
+
+  Tensor operator()(const Tensor& x) const {
+    return linear.call(x, weight, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+  }
+};
+
+// The recurrent GEMM h_prev @ W_hh^T of one step. `use_onednn` (the LSTM's float32 under
+// options["cpu_gemm"] = "onednn"; the GRU / simple-RNN kernels never pass it): OnednnLinear. Else
+// float32 with MKL and H >= 256: torch's mkl::_mkl_linear with the weight packed once per sequence
+// (measured 10-40% faster than addmm at B in {32, 128}, H in {256, 1000}, as oneDNN's RNN also keeps
+// its weights packed; no gain at H=100, where the extra output buffer per step costs more). Both return
+// a new (B, G*H) tensor (G gates) that the pointwise pass adds. Otherwise addmm_ accumulates into the
+// gates in place: nothing to add.
 struct RecurrentGemm {
   Tensor weight, weight_t, packed;
   std::optional<c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&,
                                                 const std::optional<Tensor>&, int64_t)>> linear;
+  std::optional<OnednnLinear> onednn;
 
   // A one-step call (ZoneoutLSTMCell) skips the packing: it would be redone every step and costs
   // about as much as the GEMM it speeds up.
-  RecurrentGemm(const Tensor& weight_hh, int64_t B, int64_t T) : weight(weight_hh) {
+  RecurrentGemm(const Tensor& weight_hh, int64_t B, int64_t T, bool use_onednn = false) : weight(weight_hh) {
+    if (use_onednn) {
+      onednn.emplace(weight_hh, B, /*pack=*/T > 1);
+      return;
+    }
     if (T > 1 && weight_hh.scalar_type() == at::kFloat && weight_hh.size(1) >= 256) {
       auto& dispatcher = c10::Dispatcher::singleton();
       auto reorder = dispatcher.findOp({"mkl::_mkl_reorder_linear_weight", ""});
@@ -155,6 +193,7 @@ struct RecurrentGemm {
 
   // Returns the buffer to add to `gates_t`, or an undefined tensor if it was accumulated in place.
   Tensor operator()(const Tensor& h_prev, Tensor& gates_t) const {
+    if (onednn) return (*onednn)(h_prev);
     if (linear) return linear->call(h_prev, packed, weight, std::nullopt, h_prev.size(0)).contiguous();
     gates_t.addmm_(h_prev, weight_t);
     return Tensor();

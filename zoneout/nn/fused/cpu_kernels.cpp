@@ -1,5 +1,6 @@
 // Fused zoneout LSTM recurrence for the CPU: the whole time loop runs here, so a step costs one
-// recurrent GEMM (MKL's packed-weight GEMM for float32, else at::addmm_) plus one pass of fused,
+// recurrent GEMM (MKL's packed-weight GEMM for float32, else at::addmm_; or oneDNN's for float32 under
+// options["cpu_gemm"] = "onednn", the `onednn` argument) plus one pass of fused,
 // vectorized pointwise code per batch row -- no Python and no autograd nodes per step.
 //
 // Equations and mask semantics: zoneout/nn/reference.py. Gate order i, f, g, o. Masks, activations
@@ -103,7 +104,8 @@ void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T
 // Returns output (T,B,H), cells (T+1,B,H; cells[0] = c0) and tanh(c~) (T,B,H) when `save`,
 // else output and c_T only.
 std::vector<Tensor> forward(Tensor gates, Tensor h0, Tensor c0, Tensor weight_hh, std::vector<int64_t> kinds,
-                            std::vector<double> values, std::vector<std::optional<Tensor>> tensors, bool save) {
+                            std::vector<double> values, std::vector<std::optional<Tensor>> tensors, bool save,
+                            bool onednn) {
   TORCH_CHECK(gates.is_contiguous() && h0.is_contiguous() && c0.is_contiguous(), "contiguous inputs expected");
   const auto masks = masks_of(kinds, values, tensors);
   const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(1);
@@ -111,7 +113,7 @@ std::vector<Tensor> forward(Tensor gates, Tensor h0, Tensor c0, Tensor weight_hh
   Tensor cells = at::empty({save ? T + 1 : 2, B, H}, h0.options());
   Tensor tanh_cells = at::empty({save ? T : 1, B, H}, h0.options());
   cells[0].copy_(c0);
-  const RecurrentGemm recurrent_gemm(weight_hh, B, T);
+  const RecurrentGemm recurrent_gemm(weight_hh, B, T, onednn);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       const Tensor h_prev = t == 0 ? h0 : output[t - 1];
@@ -132,10 +134,12 @@ std::vector<Tensor> forward(Tensor gates, Tensor h0, Tensor c0, Tensor weight_hh
 
 // Walks time backwards. Fills dgates (T,B,4H) (for the weight, bias and input gradients, which the
 // caller computes as large GEMMs; a reused workspace spares the page faults of a fresh buffer) and
-// returns it with dh0 and dc0.
+// returns it with dh0 and dc0. Per step dh += dgates_t @ W_hh: addmm_, or with `onednn` oneDNN's
+// x @ W^T with W = W_hh^T (packed once for a sequence).
 std::vector<Tensor> backward(Tensor grad_output, Tensor grad_h, Tensor grad_c, Tensor gates, Tensor cells,
                              Tensor tanh_cells, Tensor weight_hh, std::vector<int64_t> kinds,
-                             std::vector<double> values, std::vector<std::optional<Tensor>> tensors, Tensor dgates) {
+                             std::vector<double> values, std::vector<std::optional<Tensor>> tensors, Tensor dgates,
+                             bool onednn) {
   TORCH_CHECK(grad_output.is_contiguous() && gates.is_contiguous(), "contiguous inputs expected");
   const auto masks = masks_of(kinds, values, tensors);
   const int64_t T = gates.size(0), B = gates.size(1), H = cells.size(2);
@@ -143,6 +147,8 @@ std::vector<Tensor> backward(Tensor grad_output, Tensor grad_h, Tensor grad_c, T
               "dgates must be a contiguous tensor shaped and typed like gates");
   Tensor dh = grad_h.clone(at::MemoryFormat::Contiguous);
   Tensor dc = grad_c.clone(at::MemoryFormat::Contiguous);
+  std::optional<OnednnLinear> backward_gemm;
+  if (onednn) backward_gemm.emplace(weight_hh.t(), B, /*pack=*/T > 1);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_backward", [&] {
     for (int64_t t = T - 1; t >= 0; --t) {
       Tensor dgates_t = dgates[t];
@@ -150,7 +156,11 @@ std::vector<Tensor> backward(Tensor grad_output, Tensor grad_h, Tensor grad_c, T
                                    tanh_cells[t].data_ptr<scalar_t>(), grad_output[t].data_ptr<scalar_t>(),
                                    dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dgates_t.data_ptr<scalar_t>(),
                                    masks[0], masks[1], masks[2]);
-      dh.addmm_(dgates_t, weight_hh);
+      if (backward_gemm) {
+        dh.add_((*backward_gemm)(dgates_t));
+      } else {
+        dh.addmm_(dgates_t, weight_hh);
+      }
     }
   });
   return {dgates, dh, dc};

@@ -7,7 +7,9 @@ pass and one GEMM per step) and return dL/d(pre-activations) of every step; the 
 input gradients are then a few large GEMMs over all timesteps at once.
 
 A `kernels` object provides forward(gates, h0, c0, weight_hh, noise, save) and
-backward(grad_output, grad_h, grad_c, gates, cells, tanh_cells, weight_hh, noise).
+backward(grad_output, grad_h, grad_c, gates, cells, tanh_cells, weight_hh, noise), and may name the
+library of its float32 GEMMs in `gemm` ("onednn": then the GEMMs here go through oneDNN as well, see
+cpu_gemm.py; else torch.mm).
 """
 from __future__ import annotations
 
@@ -17,20 +19,29 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from zoneout.nn.fused import cpu_gemm
 from zoneout.nn.fused.masks import CompactNoise
 
 
-def input_projection(input: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor]
-                     ) -> Tensor:
+def uses_onednn(kernels, like: Tensor) -> bool:
+    """Whether `kernels` run GEMMs of `like`'s dtype through oneDNN (float32 only)."""
+    return getattr(kernels, "gemm", "mkl") == "onednn" and like.dtype == torch.float32
+
+
+def input_projection(input: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor], bias_hh: Optional[Tensor],
+                     onednn: bool = False) -> Tensor:
     """(T, B, 4H) pre-activations from the input alone: x W_ih^T + b_ih + b_hh, one GEMM."""
-    return project(input, weight_ih, None if bias_ih is None else bias_ih + bias_hh)
+    return project(input, weight_ih, None if bias_ih is None else bias_ih + bias_hh, onednn)
 
 
-def project(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+def project(input: Tensor, weight: Tensor, bias: Optional[Tensor], onednn: bool = False) -> Tensor:
     """input (T, B, I) @ weight^T (+ bias) as one (T*B, I) GEMM -> (T, B, rows of weight)."""
     T, B, I = input.shape
     x = input.reshape(T * B, I)
-    gates = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    if onednn:
+        gates = cpu_gemm.linear(x, weight, bias)
+    else:
+        gates = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
     return gates.view(T, B, -1)
 
 
@@ -46,7 +57,7 @@ def recurrent_weight_grad(flat: Tensor, h0: Tensor, output: Tensor) -> Tensor:
 def run_inference(kernels, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise: CompactNoise):
     """No autograd: nothing is saved for a backward."""
     with _no_autocast(input.device):
-        gates = input_projection(input, weight_ih, bias_ih, bias_hh)
+        gates = input_projection(input, weight_ih, bias_ih, bias_hh, uses_onednn(kernels, input))
         output, c_last = kernels.forward(gates, h0, c0, weight_hh, noise, False)
     return output, output[-1].clone(), c_last
 
@@ -66,9 +77,10 @@ class FusedLSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def _forward(ctx, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise, kernels):
-        gates = input_projection(input, weight_ih, bias_ih, bias_hh)
+        onednn = uses_onednn(kernels, input)
+        gates = input_projection(input, weight_ih, bias_ih, bias_hh, onednn)
         output, cells, tanh_cells = kernels.forward(gates, h0, c0, weight_hh, noise, True)
-        ctx.noise, ctx.kernels, ctx.has_bias = noise, kernels, bias_ih is not None
+        ctx.noise, ctx.kernels, ctx.has_bias, ctx.onednn = noise, kernels, bias_ih is not None, onednn
         ctx.save_for_backward(input, h0, weight_ih, weight_hh, output, gates, cells, tanh_cells)
         # h_T and c_T are returned as copies so that an in-place edit by the caller cannot reach the
         # buffers saved for backward.
@@ -88,9 +100,14 @@ class FusedLSTMFunction(torch.autograd.Function):
         T, B, I = input.shape
         flat = dgates.view(T * B, -1)
         need = ctx.needs_input_grad
-        grad_input = torch.mm(flat, weight_ih).view(T, B, I) if need[0] else None
-        grad_weight_ih = torch.mm(flat.t(), input.reshape(T * B, I)) if need[3] else None
-        grad_weight_hh = recurrent_weight_grad(flat, h0, output) if need[4] else None
+        if ctx.onednn:  # weight_ih.t() is read as a view; weight_grad copies x and h_{t-1} once, transposed
+            grad_input = cpu_gemm.linear(flat, weight_ih.t()).view(T, B, I) if need[0] else None
+            grad_weight_ih = cpu_gemm.weight_grad(flat, input) if need[3] else None
+            grad_weight_hh = cpu_gemm.weight_grad(flat, h0, output[:-1]) if need[4] else None
+        else:
+            grad_input = torch.mm(flat, weight_ih).view(T, B, I) if need[0] else None
+            grad_weight_ih = torch.mm(flat.t(), input.reshape(T * B, I)) if need[3] else None
+            grad_weight_hh = recurrent_weight_grad(flat, h0, output) if need[4] else None
         grad_bias = flat.sum(0) if ctx.has_bias and (need[5] or need[6]) else None
         return (grad_input, dh0 if need[1] else None, dc0 if need[2] else None, grad_weight_ih, grad_weight_hh,
                 grad_bias if need[5] else None, grad_bias.clone() if need[6] else None, None, None)

@@ -1,0 +1,69 @@
+"""Which library runs the float32 GEMMs of the fused C++ CPU LSTM: options["cpu_gemm"] (issue 10).
+
+"mkl": torch.mm / addmm and, for the recurrent GEMM at H >= 256, MKL's packed-weight GEMM (cpu_common.h).
+"onednn": every GEMM of the layer through oneDNN, as torch's mkldnn::_linear_pointwise (x @ W^T + b on
+plain dense tensors; the op inductor's CPU backend uses), the C++ loop's recurrent weights prepacked once
+per sequence by mkldnn::_reorder_linear_weight. MKL may pick slower code paths on AMD CPUs, oneDNN not.
+"auto": default_cpu_gemm(), per CPU vendor.
+float64 always takes the "mkl" path (oneDNN's matmul has no float64).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+CHOICES = ("auto", "mkl", "onednn")
+# CPU vendor -> what "auto" means there, as measured by scripts/bench.py --cpu-options (rows cpp = MKL
+# vs cpp+onednn); a vendor missing here gets "mkl".
+_MEASURED: dict[str, str] = {}
+
+
+def cpu_vendor() -> str:
+    """'amd', 'intel' or 'cpu' (anything else, or no /proc/cpuinfo), from /proc/cpuinfo's vendor_id."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "cpu"
+    vendor = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("vendor_id")), "")
+    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, "cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def default_cpu_gemm() -> str:
+    """What "auto" means on this CPU: decided per vendor by scripts/bench.py --cpu-options measurements."""
+    return _MEASURED.get(cpu_vendor(), "mkl")
+
+
+def resolve(choice: str) -> str:
+    """options["cpu_gemm"] as "mkl" or "onednn"; a ValueError naming the allowed values otherwise."""
+    if choice not in CHOICES:
+        raise ValueError(f"options['cpu_gemm'] must be one of {CHOICES}, got {choice!r}")
+    if choice == "onednn" and not torch.backends.mkldnn.is_available():
+        raise RuntimeError("options['cpu_gemm'] = 'onednn' needs a torch built with oneDNN (torch.backends.mkldnn)")
+    return default_cpu_gemm() if choice == "auto" else choice
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x (N, K) @ weight^T (+ bias) through oneDNN, weight (M, K): contiguous or a transposed view, which
+    oneDNN reads as is. x must be contiguous (the op would copy it otherwise)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def weight_grad(flat: Tensor, *blocks: Tensor) -> Tensor:
+    """flat^T @ cat(blocks) through oneDNN: flat (N, G), the blocks' rows stack to (N, K) -> (G, K).
+    oneDNN's linear reduces over the last, contiguous dimension of its input, which here is N for
+    neither operand: the narrower one (the blocks, K <= G) is copied once, transposed, into a (K, N)
+    buffer; flat^T is read as a view and the (K, G) result is returned transposed."""
+    K = blocks[0].shape[-1]
+    rows_t = torch.empty(K, flat.shape[0], dtype=flat.dtype)
+    start = 0
+    for block in blocks:
+        block = block.reshape(-1, K)
+        rows_t[:, start:start + block.shape[0]].copy_(block.t())
+        start += block.shape[0]
+    assert start == flat.shape[0], "the blocks must have as many rows as flat"
+    return linear(rows_t, flat.t()).t()
