@@ -9,7 +9,7 @@ rows (noise on a shared machine hits all of them alike); the table reports media
 
     python scripts/bench.py [--device cpu|cuda] [--quick] [--out results/bench_<device>.md]
     python scripts/bench.py --cpu-options [--rows cpp,cpp+onednn]  # fused CPU kernel options: C++ with MKL /
-                                             # oneDNN GEMMs vs PyTorch ops vs TorchScript vs compile
+                                             # oneDNN GEMMs vs the PyTorch-op kernels
     python scripts/bench.py --device cuda --ptb-epoch [--tf32] [--bf16] [--cuda-graphs]
     python scripts/bench.py --tts-only [--tiny]   # only the speech/TTS rows (bench_tts.py); --tiny: a smoke check
     python scripts/bench.py --bn-only [--tiny]    # only the recurrent-BN LSTM rows (bench_bn.py)
@@ -255,7 +255,8 @@ def describe(device):
         lines.append(f"- device: CPU {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
                      f"ISA {torch.backends.cpu.get_cpu_capability()}")
         lines.append(f"- fused CPU GEMMs: options['cpu_gemm'] = {fused.options['cpu_gemm']!r} "
-                     f"(\"auto\" = {cpu_gemm.default_cpu_gemm()} on this {cpu_gemm.cpu_vendor()} CPU)")
+                     f"(\"auto\" on this {cpu_gemm.cpu_vendor()} CPU: {cpu_gemm.default_cpu_gemm(100)} at H = 100, "
+                     f"{cpu_gemm.default_cpu_gemm(256)} from H = 256 up)")
     lines.append(f"- torch {torch.__version__}, python {platform.python_version()}")
     return lines
 
@@ -264,7 +265,9 @@ def describe(device):
 # "auto" per CPU vendor, zoneout/nn/fused/cpu_gemm.py).
 CPU_OPTION_ROWS = {"cpp": {"cpu_kernels": "cpp", "cpu_gemm": "mkl"},
                    "cpp+onednn": {"cpu_kernels": "cpp", "cpu_gemm": "onednn"},
-                   **{row: {"cpu_kernels": row} for row in ("torch", "script", "compile")}}
+                   "torch": {"cpu_kernels": "torch"}}
+# TorchScript and torch.compile of the per-step math were measured here too and left the library (0.58-0.77x
+# of nn.LSTM vs the C++ kernels' 0.88-1.29x on the AMD EPYC): results/bench_cpu_options_amd.md.
 
 
 def option_step(option, step):

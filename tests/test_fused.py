@@ -23,7 +23,7 @@ T, B, I, H = 6, 3, 4, 5
 TOL = dict(atol=1e-10, rtol=1e-10)
 
 
-@pytest.fixture(params=["cpp", "torch", "script"])
+@pytest.fixture(params=["cpp", "torch"])
 def kernels(request, monkeypatch):
     """Runs the test with each CPU kernel choice (C++ skipped, with the reason, if it cannot build)."""
     if request.param == "cpp" and cpu_ext.load() is None:
@@ -236,14 +236,6 @@ def test_disabling_the_extension_by_environment(monkeypatch):
     monkeypatch.setattr(cpu_ext, "_state", {})
     monkeypatch.setenv("ZONEOUT_FUSED_CPP", "0")
     assert cpu_ext.load() is None and "ZONEOUT_FUSED_CPP" in cpu_ext.error()
-
-
-@pytest.mark.slow
-def test_torch_compile_alternative_matches_reference(monkeypatch):
-    """The measured-and-rejected inductor variant (compiles for ~1 min on 2 cores)."""
-    monkeypatch.setitem(fused.options, "cpu_kernels", "compile")
-    assert_matches_reference(make_args(), NOISES["all three fields"]())
-    assert_matches_reference(make_args(), NOISES["eval expectations"]())
 
 
 def test_double_backward_raises_instead_of_returning_wrong_values(kernels):

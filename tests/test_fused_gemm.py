@@ -96,15 +96,14 @@ def test_invalid_choice_names_the_option_and_the_allowed_values(monkeypatch):
         fused.lstm_layer(*args, noise)
 
 
-def test_auto_is_the_vendor_rule(monkeypatch):
+def test_auto_is_the_measured_vendor_and_width_rule(monkeypatch):
     assert cpu_gemm.cpu_vendor() in ("amd", "intel", "cpu")
-    assert cpu_gemm.resolve("auto") == cpu_gemm.default_cpu_gemm() == "mkl"  # until measured otherwise
-    monkeypatch.setattr(cpu_gemm, "_MEASURED", {cpu_gemm.cpu_vendor(): "onednn"})  # a one-line rule
-    cpu_gemm.default_cpu_gemm.cache_clear()
-    try:
-        assert cpu_gemm.resolve("auto") == "onednn"
-    finally:
-        cpu_gemm.default_cpu_gemm.cache_clear()
+    monkeypatch.setattr(cpu_gemm, "cpu_vendor", lambda: "amd")  # measured: oneDNN from H = 256, MKL below
+    assert (cpu_gemm.resolve("auto", 100), cpu_gemm.resolve("auto", 256), cpu_gemm.resolve("auto", 1000)) == (
+        "mkl", "onednn", "onednn")
+    monkeypatch.setattr(cpu_gemm, "cpu_vendor", lambda: "intel")  # not measured: MKL
+    assert cpu_gemm.resolve("auto", 1000) == "mkl"
+    assert cpu_gemm.resolve("mkl", 1000) == "mkl" and cpu_gemm.resolve("onednn", 100) == "onednn"
 
 
 def test_bench_cpu_option_rows_set_and_restore_the_gemm(monkeypatch):

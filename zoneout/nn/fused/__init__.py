@@ -29,12 +29,12 @@ from zoneout.nn.noise import RecurrentNoise
 __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "kernels_for", "options", "release_workspaces"]
 
 # Switches for benchmarks and GPU tuning; the defaults are what `lstm_layer` uses.
-#   cpu_kernels: "auto" (C++ if it builds, else "torch"), "cpp" (error if it cannot build), "torch",
-#                or the measured-and-rejected "script" / "compile" (compiled_kernels.py). GRU / RNN layers
-#                run C++ under "auto" / "cpp" and their reference loops under the others.
+#   cpu_kernels: "auto" (C++ if it builds, else "torch"), "cpp" (error if it cannot build) or "torch".
+#                (TorchScript / torch.compile kernels were measured and removed: results/bench_cpu_options_amd.md.)
+#                GRU / RNN layers run C++ under "auto" / "cpp" and their reference loops under "torch".
 #   cpu_gemm:    which library runs the C++ LSTM kernels' float32 GEMMs (cpu_gemm.py): "mkl", "onednn" (all
-#                of the layer's GEMMs) or "auto" (cpu_gemm.default_cpu_gemm(), per CPU vendor). float64, the
-#                other kernel choices and the GRU / RNN layers stay on MKL.
+#                of the layer's GEMMs) or "auto" (cpu_gemm.default_cpu_gemm(H): per CPU vendor and width, as
+#                measured). float64, the other kernel choices and the GRU / RNN layers stay on MKL.
 #   gpu_kernels: "auto" (Triton if importable, else "torch"), "triton" or "torch".
 #   cuda_graphs: capture each step loop in a CUDA graph (Triton path; see cuda_graphs.py). Off until
 #                scripts/bench.py --device cuda shows the eager path launch-bound on a GPU.
@@ -43,8 +43,7 @@ __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "kernels_for", "options", "re
 options = {"cpu_kernels": "auto", "cpu_gemm": "auto", "gpu_kernels": "auto", "cuda_graphs": False,
            "gemm_dtype": None}
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
-_CPU_CHOICES = ("auto", "cpp", "torch", "script", "compile")
-_compiled: dict = {}
+_CPU_CHOICES = ("auto", "cpp", "torch")
 _triton: dict = {}
 _cpp: dict = {}
 
@@ -84,18 +83,12 @@ def release_workspaces() -> None:
     hidden.release_workspaces()
 
 
-def kernels_for(device: torch.device):
-    """The kernels object `lstm_layer` uses on `device` under the current `options`."""
+def kernels_for(device: torch.device, hidden_size: int = 0):
+    """The kernels object `lstm_layer` uses on `device` for `hidden_size` units under the current `options`."""
     if device.type == "cpu":
-        choice, gemm = options["cpu_kernels"], cpu_gemm.resolve(options["cpu_gemm"])
+        choice, gemm = options["cpu_kernels"], cpu_gemm.resolve(options["cpu_gemm"], hidden_size)
         if choice not in _CPU_CHOICES:
             raise ValueError(f"options['cpu_kernels'] must be one of {_CPU_CHOICES}, got {choice!r}")
-        if choice in ("script", "compile"):
-            if choice not in _compiled:
-                from zoneout.nn.fused.compiled_kernels import CompiledKernels
-
-                _compiled[choice] = CompiledKernels(choice)
-            return _compiled[choice]
         if choice != "torch":
             module = cpu_ext.load()
             if module is not None:
@@ -150,7 +143,7 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
         compact = compact_noise(noise, (T, B, H), input.device)
     except UnsupportedMask:
         return reference.lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise)
-    kernels = kernels_for(input.device)
+    kernels = kernels_for(input.device, H)
     args = (input.contiguous(), h0.contiguous(), c0.contiguous(), weight_ih.contiguous(), weight_hh.contiguous(),
             bias_ih, bias_hh, compact)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):

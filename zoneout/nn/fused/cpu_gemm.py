@@ -4,7 +4,7 @@
 "onednn": every GEMM of the layer through oneDNN, as torch's mkldnn::_linear_pointwise (x @ W^T + b on
 plain dense tensors; the op inductor's CPU backend uses), the C++ loop's recurrent weights prepacked once
 per sequence by mkldnn::_reorder_linear_weight. MKL may pick slower code paths on AMD CPUs, oneDNN not.
-"auto": default_cpu_gemm(), per CPU vendor.
+"auto": default_cpu_gemm(hidden_size), per CPU vendor and layer width.
 float64 always takes the "mkl" path (oneDNN's matmul has no float64).
 """
 from __future__ import annotations
@@ -17,11 +17,14 @@ import torch
 from torch import Tensor
 
 CHOICES = ("auto", "mkl", "onednn")
-# CPU vendor -> what "auto" means there, as measured by scripts/bench.py --cpu-options (rows cpp = MKL
-# vs cpp+onednn); a vendor missing here gets "mkl".
-_MEASURED: dict[str, str] = {}
+# CPU vendor -> the smallest hidden size from which "auto" picks oneDNN, as measured by scripts/bench.py
+# --cpu-options (rows cpp = MKL vs cpp+onednn; results/bench_cpu_options_amd.md). AMD EPYC, 1 and 2
+# threads: oneDNN ahead of MKL at every LM shape (H 256 and 1000, B 32 and 128: 0.85-1.16x of nn.LSTM vs
+# 0.70-1.02x), MKL ahead at pMNIST's H = 100 (1.28-1.29x vs 1.05-1.13x). A vendor missing here gets "mkl".
+_ONEDNN_FROM_HIDDEN: dict[str, int] = {"amd": 256}
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_vendor() -> str:
     """'amd', 'intel' or 'cpu' (anything else, or no /proc/cpuinfo), from /proc/cpuinfo's vendor_id."""
     try:
@@ -32,19 +35,20 @@ def cpu_vendor() -> str:
     return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, "cpu")
 
 
-@functools.lru_cache(maxsize=None)
-def default_cpu_gemm() -> str:
-    """What "auto" means on this CPU: decided per vendor by scripts/bench.py --cpu-options measurements."""
-    return _MEASURED.get(cpu_vendor(), "mkl")
+def default_cpu_gemm(hidden_size: int) -> str:
+    """What "auto" means on this CPU for a layer of `hidden_size` units (measured per vendor, above)."""
+    threshold = _ONEDNN_FROM_HIDDEN.get(cpu_vendor())
+    return "onednn" if threshold is not None and hidden_size >= threshold else "mkl"
 
 
-def resolve(choice: str) -> str:
-    """options["cpu_gemm"] as "mkl" or "onednn"; a ValueError naming the allowed values otherwise."""
+def resolve(choice: str, hidden_size: int) -> str:
+    """options["cpu_gemm"] as "mkl" or "onednn" for a layer of `hidden_size` units; a ValueError naming
+    the allowed values otherwise."""
     if choice not in CHOICES:
         raise ValueError(f"options['cpu_gemm'] must be one of {CHOICES}, got {choice!r}")
     if choice == "onednn" and not torch.backends.mkldnn.is_available():
         raise RuntimeError("options['cpu_gemm'] = 'onednn' needs a torch built with oneDNN (torch.backends.mkldnn)")
-    return default_cpu_gemm() if choice == "auto" else choice
+    return default_cpu_gemm(hidden_size) if choice == "auto" else choice
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
