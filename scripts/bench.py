@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoneout.nn.fused as fused
+from zoneout.cpuinfo import cpu_model
 from zoneout.nn.fused import cpu_ext, cpu_gemm
 from zoneout.nn.gru import GRU
 from zoneout.nn.lstm import ZoneoutLSTM
@@ -250,8 +251,7 @@ def describe(device):
     if device.type == "cuda":
         lines.append(f"- device: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
     else:
-        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("model name")), platform.processor())
+        model = cpu_model() or platform.processor()
         lines.append(f"- device: CPU {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
                      f"ISA {torch.backends.cpu.get_cpu_capability()}")
         lines.append(f"- fused CPU GEMMs: options['cpu_gemm'] = {fused.options['cpu_gemm']!r} "

@@ -20,19 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from zoneout.nn.fused.cpu_gemm import cpu_vendor
+from zoneout.cpuinfo import cpu_model, cpu_vendor
 
 BENCH = Path(__file__).with_name("bench.py")
 BASELINE = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}
 # a table line of bench.py: | shape | row | throughput | step | 1.02x | ...
 ROW = re.compile(r"^\| (?P<shape>[^|]+?) \| (?P<row>[^|]+?) \| [^|]+ \| [^|]+ \| (?P<ratio>[\d.]+)x \|")
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                "unknown CPU")
 
 
 def fused_ratios(report: str) -> dict[str, float]:
@@ -90,7 +83,7 @@ def main():
     kinds = args.kinds.split(",")
     if not set(kinds) <= set(BASELINE):
         parser.error(f"--kinds must name layers from {tuple(BASELINE)}, got {args.kinds!r}")
-    vendor, model = cpu_vendor(), cpu_model()
+    vendor, model = cpu_vendor(), cpu_model() or "unknown CPU"
     reports, ratios = [], {}
     for threads in thread_counts:
         for kind in kinds:

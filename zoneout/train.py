@@ -25,6 +25,7 @@ from zoneout import checkpoint
 from zoneout.atomic import atomic_write_text
 from zoneout.stopping import stopped_for_good
 from zoneout.config_check import ConfigError, check_config, check_group_overrides, fail
+from zoneout.cpuinfo import cpu_model
 from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
 from zoneout.nn.bn_lstm import recalibrate_population
@@ -168,11 +169,8 @@ def finished_run(cfg, run_dir: Path, config_dict: dict) -> dict | None:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        model = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
-        return f"cpu ({model.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads)"
-    except (OSError, StopIteration):
-        return f"cpu ({torch.get_num_threads()} threads)"
+    model = cpu_model()
+    return f"cpu ({model}, {torch.get_num_threads()} threads)" if model else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def git_commit(root: Path = Path(__file__).resolve().parent.parent) -> str:

@@ -9,12 +9,12 @@ float64 always takes the "mkl" path (oneDNN's matmul has no float64).
 """
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+from zoneout.cpuinfo import cpu_vendor
 
 CHOICES = ("auto", "mkl", "onednn")
 # CPU vendor -> the smallest hidden size from which "auto" picks oneDNN, as measured by scripts/bench.py
@@ -22,17 +22,6 @@ CHOICES = ("auto", "mkl", "onednn")
 # threads: oneDNN ahead of MKL at every LM shape (H 256 and 1000, B 32 and 128: 0.85-1.16x of nn.LSTM vs
 # 0.70-1.02x), MKL ahead at pMNIST's H = 100 (1.28-1.29x vs 1.05-1.13x). A vendor missing here gets "mkl".
 _ONEDNN_FROM_HIDDEN: dict[str, int] = {"amd": 256}
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_vendor() -> str:
-    """'amd', 'intel' or 'cpu' (anything else, or no /proc/cpuinfo), from /proc/cpuinfo's vendor_id."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "cpu"
-    vendor = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("vendor_id")), "")
-    return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, "cpu")
 
 
 def default_cpu_gemm(hidden_size: int) -> str:
