@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import zoneout.nn.fused as fused
@@ -52,9 +51,10 @@ from zoneout.nn.rnn import RNN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_bn import bn_section  # noqa: E402
+from bench_step import PMNIST, VOCAB, task_batch, training_step  # noqa: E402
 from bench_tts import tts_section  # noqa: E402
 
-Z_CELL, Z_HIDDEN, VOCAB, PMNIST = 0.5, 0.05, 50, "pMNIST"
+Z_CELL, Z_HIDDEN = 0.5, 0.05
 PTB_CHAR_TRAIN_CHARS = 5_017_482  # characters + one end-of-line per line (data/README.md)
 ROWS = ("nn.LSTM", "LSTMCell loop", "reference", "fused")
 KIND_ROWS = {"lstm": ROWS, "gru": ("nn.GRU", "reference", "fused"), "rnn": ("nn.RNN", "reference", "fused")}
@@ -96,23 +96,8 @@ def make_step(row, shape, device, gen):
     """A closure running one training step of `row` on `shape` = (name, T, B, H)."""
     name, T, B, H = shape
     torch.manual_seed(0)  # same weights for every row
-    if name == PMNIST:
-        x, classes = torch.rand(T, B, 1, device=device, generator=gen), 10
-        y = torch.randint(0, classes, (B,), device=device, generator=gen)
-    else:
-        tokens = torch.randint(0, VOCAB, (T + 1, B), device=device, generator=gen)
-        x, y, classes = F.one_hot(tokens[:-1], VOCAB).float(), tokens[1:], VOCAB
-    rnn, head = make_rnn(row, x.shape[-1], H).to(device), nn.Linear(H, classes).to(device)
-    opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3)
-
-    def step():
-        out, _ = rnn(x)
-        logits = head(out[-1]) if name == PMNIST else head(out).flatten(0, 1)
-        loss = F.cross_entropy(logits, y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    x, y, classes = task_batch(shape, device, gen)
+    return training_step(make_rnn(row, x.shape[-1], H).to(device), H, name, x, y, classes, device)
 
 
 def model_flops(shape):

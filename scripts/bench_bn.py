@@ -9,13 +9,11 @@ A step = forward + backward + Adam.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from bench_step import PMNIST, task_batch, training_step
 
 from zoneout.nn.bn_lstm import BatchNormLSTM
 from zoneout.regularizers import Zoneout
 
-VOCAB, PMNIST = 50, "pMNIST"
 # (task, T, B, H)
 FULL = {"char-PTB quick": ("LM", 100, 32, 128), "char-PTB small": ("LM", 100, 32, 256), PMNIST: (PMNIST, 784, 100, 100)}
 TINY = {"char-PTB": ("LM", 6, 4, 8), PMNIST: (PMNIST, 7, 4, 8)}
@@ -25,28 +23,13 @@ IMPLS = ("reference", "fused")
 def bn_steps(shape, device, gen):
     """A training-step closure per impl, same weights and data."""
     task, T, B, H = shape
-    if task == PMNIST:
-        x, classes = torch.rand(T, B, 1, device=device, generator=gen), 10
-        y = torch.randint(0, classes, (B,), device=device, generator=gen)
-    else:
-        tokens = torch.randint(0, VOCAB, (T + 1, B), device=device, generator=gen)
-        x, y, classes = F.one_hot(tokens[:-1], VOCAB).float(), tokens[1:], VOCAB
+    x, y, classes = task_batch(shape, device, gen)
     steps = {}
     for impl in IMPLS:
         torch.manual_seed(0)
         noise = [Zoneout(0.15, 0.15, shared_mask=True)] if task == PMNIST else []
         rnn = BatchNormLSTM(x.shape[-1], H, max_length=T, recurrent_regularizers=noise, impl=impl).to(device)
-        head = nn.Linear(H, classes).to(device)
-        optimizer = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3)
-
-        def step(rnn=rnn, head=head, optimizer=optimizer):
-            out, _ = rnn(x)
-            logits = head(out[-1]) if task == PMNIST else head(out).flatten(0, 1)
-            loss = F.cross_entropy(logits, y.flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        steps[impl] = step
+        steps[impl] = training_step(rnn, H, task, x, y, classes, device)
     return steps
 
 

@@ -14,6 +14,14 @@ from zoneout.nn.fused.masks import CompactNoise
 from zoneout.nn.fused.torch_kernels import _at, _keep_or_update, _split
 
 
+
+def _batch_statistics(x: Tensor, mean: Tensor, var: Tensor, rstd: Tensor, eps: float) -> None:
+    """One timestep's batch statistics of x (B, F) into the given rows: mean, biased variance, 1/sqrt(var + eps)."""
+    batch_var, batch_mean = torch.var_mean(x, dim=0, unbiased=False)
+    mean.copy_(batch_mean)
+    var.copy_(batch_var)
+    torch.rsqrt(batch_var + eps, out=rstd)
+
 def _as_factor(mask, dtype):
     return mask.to(dtype) if isinstance(mask, Tensor) else mask
 
@@ -40,10 +48,7 @@ def forward(gx: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, gamma_h: Tens
         c_prev, c_next = (cells[t], cells[t + 1]) if save else (cells[t % 2], cells[(t + 1) % 2])
         a = torch.mm(h_prev, weight_hh_t, out=xh[k])
         if batch_stats:
-            var, mean = torch.var_mean(a, dim=0, unbiased=False)
-            mean_h[t].copy_(mean)
-            var_h[t].copy_(var)
-            torch.rsqrt(var + eps_h, out=rstd_h[t])
+            _batch_statistics(a, mean_h[t], var_h[t], rstd_h[t], eps_h)
         a.sub_(mean_h[t]).mul_(rstd_h[t])
         g_t = gates[t].addcmul_(a, gamma_h)
         torch.sigmoid(g_t[:, :2 * H], out=g_t[:, :2 * H])
@@ -57,10 +62,7 @@ def forward(gx: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, gamma_h: Tens
         cc.addcmul_(f, c_prev)
         _keep_or_update(_at(noise.keep_cell, t), c_prev, cc, c_next)
         if batch_stats:
-            var, mean = torch.var_mean(cc, dim=0, unbiased=False)
-            mean_c[t].copy_(mean)
-            var_c[t].copy_(var)
-            torch.rsqrt(var + eps_c, out=rstd_c[t])
+            _batch_statistics(cc, mean_c[t], var_c[t], rstd_c[t], eps_c)
         cc.sub_(mean_c[t]).mul_(rstd_c[t])
         torch.addcmul(beta_c, cc, gamma_c, out=tc[k]).tanh_()
         torch.mul(o, tc[k], out=output[t])
