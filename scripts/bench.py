@@ -209,7 +209,7 @@ def time_split(step):
     for e in prof.key_averages():  # mkl::_mkl_linear: the forward's packed-weight recurrent GEMM (MKL); oneDNN's
         kind = ("gemm" if e.key in ("aten::mm", "aten::addmm", "aten::addmm_", "mkl::_mkl_linear",
                                     "mkldnn::_linear_pointwise") else
-                "masks" if e.key in ("aten::uniform_", "aten::lt") else
+                "masks" if e.key in ("aten::uniform_", "aten::lt", "zoneout::bernoulli_mask") else
                 "pointwise" if e.key.startswith("Fused") and "Function" in e.key else None)
         if kind:
             shares[kind] += e.self_cpu_time_total / total
@@ -408,7 +408,7 @@ def report(args, device, header, table, ratios, splits, launches, peak, load_bef
         lines += ["## Targets", "", *targets(ratios), ""]
     if splits:
         lines += ["## Where the fused step's time goes (CPU profile of one step)", "",
-                  "| shape | GEMMs | mask sampling (rand < z) | fused pointwise | rest (head, Adam, Python) |",
+                  "| shape | GEMMs | mask sampling | fused pointwise | rest (head, Adam, Python) |",
                   "|---|---|---|---|---|"]
         lines += [f"| {label} | " + " | ".join(f"{x:.0%}" for x in shares) + " |"
                   for label, rows in splits.items() for shares in rows.values()] + [""]

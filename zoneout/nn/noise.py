@@ -14,6 +14,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from zoneout.nn import counter_masks
+
 Mask = Optional[Union[float, Tensor]]
 
 
@@ -57,7 +59,12 @@ def scale_update(update_keep: Mask, update: Tensor) -> Tensor:
 
 
 def bernoulli_mask(probability: float, shape, device, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Bool mask, True with `probability`. rand is in [0, 1), so p=1 is always True and p=0 never."""
+    """Bool mask, True with `probability` (p=1 always, p=0 never). On the CPU from the counter-based
+    generator of zoneout.nn.counter_masks (threaded, vectorized; its key drawn from `generator`), elsewhere
+    rand < p (rand is in [0, 1))."""
+    if torch.device(device).type == "cpu":
+        with torch.profiler.record_function("zoneout::bernoulli_mask"):  # named in profiles (scripts/bench.py)
+            return counter_masks.bernoulli_mask(tuple(shape), probability, counter_masks.draw_key(generator))
     return torch.rand(shape, device=device, generator=generator) < probability
 
 

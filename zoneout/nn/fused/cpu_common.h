@@ -215,5 +215,7 @@ inline int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / wi
 
 // The GRU and simple-RNN entry points (cpu_hidden_kernels.cpp), added to the module by cpu_kernels.cpp.
 void register_hidden_kernels(pybind11::module_& m);
+// The counter-based Bernoulli mask sampler (cpu_masks.cpp).
+void register_mask_sampler(pybind11::module_& m);
 
 }  // namespace zoneout_cpu

@@ -43,7 +43,8 @@ class Extension:
     what: str
 
 
-FUSED = Extension("zoneout_fused_cpu", (_HERE / "cpu_kernels.cpp", _HERE / "cpu_hidden_kernels.cpp"),
+FUSED = Extension("zoneout_fused_cpu", (_HERE / "cpu_kernels.cpp", _HERE / "cpu_hidden_kernels.cpp",
+                                        _HERE / "cpu_masks.cpp"),
                   (_HERE / "cpu_common.h",), "fused CPU kernels")
 BN_LSTM = Extension("zoneout_bn_lstm_cpu", (_HERE / "bn_cpu_kernels.cpp",), (_HERE / "cpu_common.h",),
                     "recurrent-BN LSTM CPU kernels")

@@ -172,4 +172,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "fused zoneout LSTM layer forward (CPU)");
   m.def("backward", &backward, "fused zoneout LSTM layer backward (CPU)");
   zoneout_cpu::register_hidden_kernels(m);
+  zoneout_cpu::register_mask_sampler(m);
 }
