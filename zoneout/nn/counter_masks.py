@@ -55,11 +55,12 @@ def _shift_right(x: Tensor, bits: int) -> Tensor:
 
 
 def draws(key: int, count: int) -> Tensor:
-    """draw_0 .. draw_{count-1} as int64 bit patterns (int64 multiplication wraps modulo 2^64)."""
-    z = (torch.arange(1, count + 1, dtype=torch.int64) * _signed(GAMMA)) + _signed(key % (1 << 64))
-    z = (z ^ _shift_right(z, 30)) * _signed(_MIX1)
-    z = (z ^ _shift_right(z, 27)) * _signed(_MIX2)
-    return z ^ _shift_right(z, 31)
+    """draw_0 .. draw_{count-1} as int64 bit patterns (int64 multiplication wraps modulo 2^64); in place,
+    so the fallback stays within a few times the cost of rand < p."""
+    z = torch.arange(1, count + 1, dtype=torch.int64).mul_(_signed(GAMMA)).add_(_signed(key % (1 << 64)))
+    z.bitwise_xor_(_shift_right(z, 30)).mul_(_signed(_MIX1))
+    z.bitwise_xor_(_shift_right(z, 27)).mul_(_signed(_MIX2))
+    return z.bitwise_xor_(_shift_right(z, 31))
 
 
 def sample_torch(shape: Sequence[int], probability: float, key: int) -> Tensor:
@@ -69,5 +70,7 @@ def sample_torch(shape: Sequence[int], probability: float, key: int) -> Tensor:
     n = math.prod(shape)
     threshold = int(math.ldexp(probability, 32))
     x = draws(key, (n + 1) // 2)
-    halves = torch.stack([x & _MASK32, _shift_right(x, 32)], dim=1).reshape(-1)[:n]
-    return (halves < threshold).reshape(tuple(shape))
+    mask = torch.empty(((n + 1) // 2, 2), dtype=torch.bool)
+    torch.lt(x & _MASK32, threshold, out=mask[:, 0])  # element 2i: the low half of draw i
+    torch.lt(_shift_right(x, 32), threshold, out=mask[:, 1])  # element 2i + 1: the high half
+    return mask.view(-1)[:n].reshape(tuple(shape))

@@ -6,7 +6,6 @@
 #include "cpu_common.h"
 
 #include <cmath>
-#include <cstring>
 
 namespace zoneout_cpu {
 namespace {
@@ -26,21 +25,24 @@ Tensor bernoulli_mask(std::vector<int64_t> sizes, double probability, int64_t ke
   uint8_t* out = reinterpret_cast<uint8_t*>(mask.data_ptr<bool>());
   const uint64_t threshold = static_cast<uint64_t>(std::ldexp(probability, 32));  // p = 1 -> 2^32: always
   const uint64_t base = static_cast<uint64_t>(key);
-  auto draw = [&](int64_t i) { return splitmix64_output(base + static_cast<uint64_t>(i + 1) * kGamma); };
   at::parallel_for(0, n / 2, 1 << 14, [&](int64_t begin, int64_t end) {
+    // Locals and one 16-bit store per draw: with the captures read through references, or two byte
+    // stores, the loop does not vectorize (5x slower, measured).
+    uint16_t* __restrict__ pairs = reinterpret_cast<uint16_t*>(out);
+    const uint64_t key_ = base, threshold_ = threshold;
     for (int64_t i = begin; i < end; ++i) {
-      const uint64_t x = draw(i);
-      // both bytes in one 16-bit store (memcpy: no aliasing assumption); byte order fixed below
-      const uint16_t low = (x & 0xFFFFFFFFULL) < threshold, high = (x >> 32) < threshold;
+      const uint64_t x = splitmix64_output(key_ + static_cast<uint64_t>(i + 1) * kGamma);
+      const uint16_t low = (x & 0xFFFFFFFFULL) < threshold_, high = (x >> 32) < threshold_;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-      const uint16_t pair = static_cast<uint16_t>((low << 8) | high);
+      pairs[i] = static_cast<uint16_t>((low << 8) | high);
 #else
-      const uint16_t pair = static_cast<uint16_t>(low | (high << 8));
+      pairs[i] = static_cast<uint16_t>(low | (high << 8));  // element 2i in the first byte
 #endif
-      std::memcpy(out + 2 * i, &pair, 2);
     }
   });
-  if (n % 2 == 1) out[n - 1] = (draw(n / 2) & 0xFFFFFFFFULL) < threshold;
+  if (n % 2 == 1) {
+    out[n - 1] = (splitmix64_output(base + static_cast<uint64_t>(n / 2 + 1) * kGamma) & 0xFFFFFFFFULL) < threshold;
+  }
   return mask;
 }
 
