@@ -218,6 +218,10 @@ def test_overrides_and_quick_scale_compose():
     assert cfg.trainer.bn_recalibration_batches is None and quick.trainer.bn_recalibration_batches == 20
     small = compose_cfg(["experiment=ptb_char/recurrent_batchnorm", "scale=small"])  # thousands of steps: the EMA
     assert small.scale_name == "small" and small.trainer.bn_recalibration_batches is None
+    # pMNIST small: 5 steps an epoch, the EMA lags the weights; re-estimated from the whole 500-image training set
+    pmnist = compose_cfg(["experiment=pmnist/recurrent_batchnorm", "scale=small"])
+    assert pmnist.trainer.bn_recalibration_batches == 5
+    assert pmnist.dataset.train_fraction * 50_000 == 5 * pmnist.dataset.batch_size
 
 
 def read_wandb_records(path: Path) -> list:
@@ -333,6 +337,27 @@ def test_bn_recalibration_leaves_training_unchanged_and_sets_the_population(data
     buffers = checkpoint.load(tmp_path / "3" / "last.pt")["model"]
     assert buffers["layers.0.bn_c_l0.updates"].tolist()[:99] == [3] * 99  # re-estimated from 3 batches, not 8 steps
     assert checkpoint.load(tmp_path / "None" / "last.pt")["model"]["layers.0.bn_c_l0.updates"].tolist()[:99] == [8] * 99
+
+
+def test_bn_population_script_compares_the_ema_with_a_reestimate(data_dir, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bn_population
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    cfg = compose_cfg(["experiment=ptb_char/recurrent_batchnorm", *TINY, f"dataset.data_dir={data_dir}", "dataset.mirror=null"])
+    train(cfg, tmp_path / "bn")
+    result = bn_population.compare(tmp_path / "bn", "last.pt", batches=3)
+    logged = read_metrics(tmp_path / "bn")[-1]
+    assert result["epoch"] == 2 and result["batches"] == 3 and result["metric"] == "bpc"
+    assert result["ema"][0] == pytest.approx(logged["valid_bpc"], rel=1e-5)  # what training evaluated with
+    assert result["reestimated"][0] != result["ema"][0]
+    train(tiny_cfg(data_dir), tmp_path / "plain")
+    with pytest.raises(ValueError, match="no recurrent batch norm"):
+        bn_population.compare(tmp_path / "plain")
+    monkey_argv = [str(ROOT / "scripts" / "bn_population.py"), str(tmp_path / "missing")]
+    done = subprocess.run([sys.executable, *monkey_argv], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error: run_dir:")
 
 
 def test_commit_is_dirty_for_modified_code_but_not_for_written_results(tmp_path):
