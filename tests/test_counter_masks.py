@@ -118,3 +118,19 @@ def test_zoneout_cell_and_hidden_masks_independent_unless_shared():
 def test_torch_twin_rejects_bad_probability():
     with pytest.raises(ValueError, match=r"probability must be in \[0, 1\]"):
         counter_masks.sample_torch((3,), 1.5, 0)
+
+
+def test_compiled_and_traced_masks_stay_in_the_graph_with_the_same_bits():
+    def masks():
+        return bernoulli_mask(0.3, (6, 4, 10), "cpu"), bernoulli_mask(0.7, (5,), "cpu")
+
+    torch.manual_seed(3)
+    eager = masks()
+    compiled = torch.compile(masks, backend="eager", fullgraph=True)  # fullgraph: a graph break raises
+    torch.manual_seed(3)
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled()))
+    torch.manual_seed(3)
+    traced = torch.jit.trace(lambda x: x & bernoulli_mask(0.3, (6, 4, 10), "cpu"), torch.ones(6, 4, 10, dtype=torch.bool),
+                             check_trace=False)
+    torch.manual_seed(3)
+    assert torch.equal(traced(torch.ones(6, 4, 10, dtype=torch.bool)), eager[0])

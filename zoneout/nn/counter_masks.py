@@ -18,7 +18,7 @@ over the mask flattened in C order. The 63-bit key of each mask is drawn from th
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -28,9 +28,14 @@ _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _MASK32 = (1 << 32) - 1
 
 
+def draw_key_tensor(generator: Optional[torch.Generator] = None) -> Tensor:
+    """A fresh 63-bit key from `generator` (the global CPU generator when None), as a 0-d int64 tensor."""
+    return torch.randint(0, 2 ** 63 - 1, (), generator=generator)
+
+
 def draw_key(generator: Optional[torch.Generator] = None) -> int:
-    """A fresh 63-bit key from `generator` (the global CPU generator when None)."""
-    return int(torch.randint(0, 2 ** 63 - 1, (), generator=generator))
+    """draw_key_tensor's key as a Python int (the same draw)."""
+    return int(draw_key_tensor(generator))
 
 
 def bernoulli_mask(shape: Sequence[int], probability: float, key: int) -> Tensor:
@@ -54,23 +59,24 @@ def _shift_right(x: Tensor, bits: int) -> Tensor:
     return (x >> bits) & ((1 << (64 - bits)) - 1)
 
 
-def draws(key: int, count: int) -> Tensor:
+def draws(key: Union[int, Tensor], count: int) -> Tensor:
     """draw_0 .. draw_{count-1} as int64 bit patterns (int64 multiplication wraps modulo 2^64); in place,
-    so the fallback stays within a few times the cost of rand < p."""
-    z = torch.arange(1, count + 1, dtype=torch.int64).mul_(_signed(GAMMA)).add_(_signed(key % (1 << 64)))
+    so the fallback stays within a few times the cost of rand < p. `key`: an int or a 0-d int64 tensor
+    (draw_key_tensor's, which tracing keeps in the graph)."""
+    offset = key if isinstance(key, Tensor) else _signed(key % (1 << 64))
+    z = torch.arange(1, count + 1, dtype=torch.int64).mul_(_signed(GAMMA)).add_(offset)
     z.bitwise_xor_(_shift_right(z, 30)).mul_(_signed(_MIX1))
     z.bitwise_xor_(_shift_right(z, 27)).mul_(_signed(_MIX2))
     return z.bitwise_xor_(_shift_right(z, 31))
 
 
-def sample_torch(shape: Sequence[int], probability: float, key: int) -> Tensor:
+def sample_torch(shape: Sequence[int], probability: float, key: Union[int, Tensor]) -> Tensor:
     """The PyTorch-op twin of the C++ sampler (the fallback where the C++ module cannot be built)."""
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"probability must be in [0, 1], got {probability}")
     n = math.prod(shape)
     threshold = int(math.ldexp(probability, 32))
     x = draws(key, (n + 1) // 2)
-    mask = torch.empty(((n + 1) // 2, 2), dtype=torch.bool)
-    torch.lt(x & _MASK32, threshold, out=mask[:, 0])  # element 2i: the low half of draw i
-    torch.lt(_shift_right(x, 32), threshold, out=mask[:, 1])  # element 2i + 1: the high half
-    return mask.view(-1)[:n].reshape(tuple(shape))
+    # element 2i: the low half of draw i; element 2i + 1: the high half (no out= views: it also traces)
+    mask = torch.stack([(x & _MASK32) < threshold, _shift_right(x, 32) < threshold], dim=1)
+    return mask.reshape(-1)[:n].reshape(tuple(shape))

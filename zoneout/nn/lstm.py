@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from zoneout.nn import reference
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability
+from zoneout.nn.noise import capturing as _capturing
 from zoneout.nn.sequences import (compute_dtype, finish_output, finish_state, initial_state, prepare_input)
 from zoneout.nn.stack import run_layers
 from zoneout.nn.zoneout_noise import Zoneout
@@ -30,12 +31,6 @@ IMPLS = ("auto", "reference", "fused")
 
 def register_layer_impl(name: str, layer_fn: Callable) -> None:
     LAYER_IMPLEMENTATIONS[name] = layer_fn
-
-
-def _capturing() -> bool:
-    """torch.jit.trace, torch.export / ONNX (dynamo) and torch.compile cannot see into the fused kernels."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
 
 
 def to_time_major(input: Tensor, input_size: int, batch_first: bool) -> tuple[Tensor, bool]:

@@ -58,11 +58,20 @@ def scale_update(update_keep: Mask, update: Tensor) -> Tensor:
     return update * update_keep
 
 
+def capturing() -> bool:
+    """torch.jit.trace, torch.export / ONNX (dynamo) and torch.compile cannot see into the C++ kernels."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
+
+
 def bernoulli_mask(probability: float, shape, device, generator: Optional[torch.Generator] = None) -> Tensor:
     """Bool mask, True with `probability` (p=1 always, p=0 never). On the CPU from the counter-based
     generator of zoneout.nn.counter_masks (threaded, vectorized; its key drawn from `generator`), elsewhere
-    rand < p (rand is in [0, 1))."""
+    rand < p (rand is in [0, 1)). While tracing or compiling, the CPU mask comes from the generator's
+    PyTorch-op twin with the key kept a tensor: the same bits, and no graph break."""
     if torch.device(device).type == "cpu":
+        if capturing():
+            return counter_masks.sample_torch(tuple(shape), probability, counter_masks.draw_key_tensor(generator))
         with torch.profiler.record_function("zoneout::bernoulli_mask"):  # named in profiles (scripts/bench.py)
             return counter_masks.bernoulli_mask(tuple(shape), probability, counter_masks.draw_key(generator))
     return torch.rand(shape, device=device, generator=generator) < probability
