@@ -300,7 +300,8 @@ def plot_curves(spec: dict, scale: str, curves: list, path: Path) -> None:
     axis.set_xlabel("epoch")
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_ylabel(spec["metric"])
-    axis.set_title(f"{spec['title']} — {scale} scale (bold: mean over seeds; dashed: training)", fontsize=9)
+    axis.set_title(textwrap.fill(f"{spec['title']} — {scale} scale (bold: mean over seeds; dashed: training)", 95),
+                   fontsize=9)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     save_figure(figure, path)
 
@@ -311,7 +312,7 @@ def save_figure(figure, path: Path) -> None:
 
     figure.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=110)
+    figure.savefig(tmp, dpi=110, bbox_inches="tight")  # nothing clipped: a long title, the outside legend
     plt.close(figure)
     os.replace(tmp, path)
 
