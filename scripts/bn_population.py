@@ -1,6 +1,8 @@
 """A recurrent-BN run's validation metric with its training-EMA population statistics vs the population
 re-estimated from training batches with the checkpoint's weights (what trainer.bn_recalibration_batches does
-before each evaluation). A large gap says the EMA lags the weights at this scale.
+before each evaluation, with the same batches and RNG: on a run trained without it, the re-estimate is the
+validation metric that run would have logged at that epoch with it). A large gap says the EMA lags the
+weights at this scale.
 
     python scripts/bn_population.py runs/small/pmnist/recurrent_batchnorm/seed0 [--checkpoint last.pt] [--batches 5]
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import sys
 from pathlib import Path
 
@@ -20,9 +21,8 @@ from omegaconf import OmegaConf
 
 from zoneout import checkpoint
 from zoneout.models.build import build_model
-from zoneout.nn.bn_lstm import recalibrate_population
 from zoneout.tasks import build_task
-from zoneout.train import evaluate
+from zoneout.train import evaluate, recalibrate_batchnorm, recalibration_seed
 
 
 def compare(run_dir: Path, checkpoint_name: str = "last.pt", batches: int = 5) -> dict:
@@ -36,8 +36,7 @@ def compare(run_dir: Path, checkpoint_name: str = "last.pt", batches: int = 5) -
     limit = cfg.trainer.eval_max_batches
     ema = evaluate(model, task, "valid", max_batches=limit)
     reestimated_model = copy.deepcopy(model)
-    used = recalibrate_population(reestimated_model, lambda batch: task.step(reestimated_model, batch, None),
-                                  itertools.islice(task.train_batches(torch.Generator().manual_seed(cfg.seed)), batches))
+    used = recalibrate_batchnorm(reestimated_model, task, batches, recalibration_seed(cfg, state.get("epoch", 0)))
     if used == 0:
         raise ValueError(f"{run_dir}: the model has no recurrent batch norm")
     reestimated = evaluate(reestimated_model, task, "valid", max_batches=limit)

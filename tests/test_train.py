@@ -352,6 +352,11 @@ def test_bn_population_script_compares_the_ema_with_a_reestimate(data_dir, tmp_p
     assert result["epoch"] == 2 and result["batches"] == 3 and result["metric"] == "bpc"
     assert result["ema"][0] == pytest.approx(logged["valid_bpc"], rel=1e-5)  # what training evaluated with
     assert result["reestimated"][0] != result["ema"][0]
+    # the script re-estimates exactly as training does: a run that recalibrates before each evaluation
+    # (same seed, so the same weights) logged the script's re-estimate
+    train(compose_cfg(["experiment=ptb_char/recurrent_batchnorm", *TINY, f"dataset.data_dir={data_dir}",
+                       "dataset.mirror=null", "trainer.bn_recalibration_batches=3"]), tmp_path / "recalibrated")
+    assert result["reestimated"][0] == pytest.approx(read_metrics(tmp_path / "recalibrated")[-1]["valid_bpc"], rel=1e-6)
     train(tiny_cfg(data_dir), tmp_path / "plain")
     with pytest.raises(ValueError, match="no recurrent batch norm"):
         bn_population.compare(tmp_path / "plain")

@@ -65,17 +65,19 @@ def evaluate(model, task, split: str, stream: bool = False, max_batches=None) ->
     return metric_from(task.metric, nll_sum, count, correct), nll_sum / max(count, 1)
 
 
-def recalibrate_batchnorm(cfg, model, task, epoch: int) -> None:
-    """trainer.bn_recalibration_batches = N: re-estimate recurrent-BN population statistics from N
-    training batches with the current weights before evaluating (null: the training-time EMA, as the
-    paper's code). Its own data order and RNG, so the training run itself is unchanged."""
-    if not cfg.trainer.bn_recalibration_batches:
-        return
-    batches = task.train_batches(torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+def recalibrate_batchnorm(model, task, batches: int, seed: int) -> int:
+    """Re-estimate recurrent-BN population statistics from `batches` training batches with the current
+    weights (trainer.bn_recalibration_batches before each evaluation; scripts/bn_population.py). Its own
+    data order and RNG, both from `seed`, so the training run itself is unchanged. Returns the batches used."""
+    order = task.train_batches(torch.Generator().manual_seed(seed))
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if next(model.parameters()).is_cuda else []):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        recalibrate_population(model, lambda batch: task.step(model, batch, None),
-                               itertools.islice(batches, cfg.trainer.bn_recalibration_batches))
+        torch.manual_seed(seed)
+        return recalibrate_population(model, lambda batch: task.step(model, batch, None),
+                                      itertools.islice(order, batches))
+
+
+def recalibration_seed(cfg, epoch: int) -> int:
+    return cfg.seed * 100_003 + epoch
 
 
 def divergence_threshold(cfg, classes: int) -> float:
@@ -235,7 +237,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             record.update(train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch, diverged_above))
             eval_start = time.perf_counter()
-            recalibrate_batchnorm(cfg, model, task, epoch)  # best.pt keeps the statistics it was validated with
+            if cfg.trainer.bn_recalibration_batches:  # null: the training-time EMA, as the paper's code
+                # best.pt keeps the statistics it was validated with
+                recalibrate_batchnorm(model, task, cfg.trainer.bn_recalibration_batches, recalibration_seed(cfg, epoch))
             valid_metric, valid_loss = evaluate(model, task, "valid", max_batches=cfg.trainer.eval_max_batches)
             record.update({"valid_loss": valid_loss, f"valid_{task.metric}": valid_metric,
                            "eval_seconds": time.perf_counter() - eval_start})
