@@ -39,6 +39,13 @@ def write_run(root: Path, name: str, seed: int, valid: float, test: float, epoch
     return run_dir
 
 
+@pytest.fixture(autouse=True)
+def own_results(tmp_path, monkeypatch):
+    """Tables and their kept runs go to, and are found in, a results/ of the test's own: the committed
+    results/<scale>/runs/ would otherwise count as finished runs (replicate skips them, make_table uses them)."""
+    monkeypatch.setenv("ZONEOUT_RESULTS_DIR", str(tmp_path / "results"))
+
+
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     root = tmp_path / "runs"
