@@ -108,6 +108,13 @@ def capped(summary: dict, run_dir: Path) -> bool:
     return max_epochs is not None and summary["epochs_run"] >= max_epochs
 
 
+def wall_minutes(summary: dict) -> str:
+    """A run's wall time in minutes; "+" marks a resumed run, whose summary counts only the last process."""
+    if summary.get("wall_seconds") is None:
+        return "–"
+    return f"{summary['wall_seconds'] / 60:.0f}" + ("+" if summary.get("resumed_from_epoch") is not None else "")
+
+
 def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tuple[dict, list]:
     """One table row (our mean ± std over the runs' seeds, the paper's figures) and its curves, one
     (label, epochs, valid values, train values) per seed."""
@@ -120,6 +127,8 @@ def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tupl
         test = mean_std([s["test"] for s, _ in runs])
         entry.update({"valid_mean": valid[0], "valid_std": valid[1], "test_mean": test[0], "test_std": test[1],
                       "epochs": "/".join(str(s["epochs_run"]) + ("*" if capped(s, d) else "") for s, d in runs),
+                      "wall_minutes": "/".join(wall_minutes(s) for s, _ in runs),
+                      "wall_seconds_sum": sum(s.get("wall_seconds") or 0.0 for s, _ in runs),
                       "seeds": " ".join(str(s["seed"]) for s, _ in runs),
                       "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
         for summary, run_dir in runs:
@@ -235,29 +244,37 @@ def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> st
         f" Shrink: {spec.get(f'{scale}_scale', 'see configs/dataset/*.yaml')}"
     lines = [f"# {spec['title']}", "", scale_note, "",
              f"Ours: best-validation checkpoint, mean ± std over seeds. Paper: {spec['source']}.", "",
-             "| row | ours valid | ours test | paper valid | paper test | Δ test (ours − paper) | epochs | seeds | device | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| row | ours valid | ours test | paper valid | paper test | Δ test (ours − paper) | epochs | wall (min) | seeds | device | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     show = lambda v: "–" if v is None else f"{v}"  # noqa: E731
     for r in rows:
         label = f"{r['row']} (cited)" if r["cited"] else r["row"]  # paper figure from another paper
         if not r["experiment"]:
-            lines.append(f"| {label} | – | – | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – |")
+            lines.append(f"| {label} | – | – | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – | – |")
         elif not r["n_seeds"]:
-            lines.append(f"| {label} | not run | not run | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – |")
+            lines.append(f"| {label} | not run | not run | {show(r['paper_valid'])} | {show(r['paper_test'])} | – | – | – | – | – | – |")
         else:
             delta = "–" if r["paper_test"] is None else f"{r['test_mean'] - r['paper_test']:+.{digits}f}"
             lines.append(f"| {label} | {fmt(r['valid_mean'], r['valid_std'], r['n_seeds'], digits)} | "
                          f"{fmt(r['test_mean'], r['test_std'], r['n_seeds'], digits)} | {show(r['paper_valid'])} | "
-                         f"{show(r['paper_test'])} | {delta} | {r['epochs']} | {r['seeds']} | {r['device']} | {r['commit']} |")
+                         f"{show(r['paper_test'])} | {delta} | {r['epochs']} | {r['wall_minutes']} | {r['seeds']} | {r['device']} | {r['commit']} |")
     if any("*" in str(r.get("epochs", "")) for r in rows):
         lines += ["", "\\* stopped by the epoch cap (`trainer.max_epochs`), not by early stopping: that run may still "
                   "have been improving, so its row understates what it would reach."]
+    ran = [r for r in rows if r.get("n_seeds")]
+    if ran:
+        total = sum(r["wall_seconds_sum"] for r in ran) / 60
+        runs = sum(r["n_seeds"] for r in ran)
+        lines += ["", f"Wall time: {runs} runs, {total // 60:.0f} h {total % 60:02.0f} min of training in all (the sum of "
+                  "the runs' wall times, one process each; a run that shared the machine with another, or was paused, "
+                  "counts all of it" + ("; + marks a resumed run, which counts only its last process" if any(
+                      "+" in r["wall_minutes"] for r in ran) else "") + ")."]
     return "\n".join(lines) + "\n"
 
 
 def render_csv(rows: list[dict]) -> str:
     fields = ["row", "experiment", "cited", "n_seeds", "valid_mean", "valid_std", "test_mean", "test_std",
-              "paper_valid", "paper_test", "epochs", "seeds", "device", "commit"]
+              "paper_valid", "paper_test", "epochs", "wall_minutes", "seeds", "device", "commit"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

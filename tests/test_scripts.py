@@ -21,10 +21,12 @@ import make_table  # noqa: E402
 import replicate  # noqa: E402
 
 ZONEOUT_VALID, ZONEOUT_TEST, ZONEOUT_EPOCHS = [1.50, 1.52, 1.55], [1.40, 1.43, 1.41], [3, 3, 3]
+ZONEOUT_WALL = [600.0, 1260.0, 3000.0]  # seconds; seed 2 resumed (its summary counts only its last process)
 
 
 def write_run(root: Path, name: str, seed: int, valid: float, test: float, epochs: int = 3,
-              scale: str = "quick", status: str = "finished", metric: str = "bpc", best_epoch: int | None = None) -> Path:
+              scale: str = "quick", status: str = "finished", metric: str = "bpc", best_epoch: int | None = None,
+              wall_seconds: float | None = None, resumed_from_epoch: int | None = None) -> Path:
     """A run folder as zoneout/train.py leaves it (quick's cap is 3 epochs: the default ran to it)."""
     run_dir = root / scale / name / f"seed{seed}"
     run_dir.mkdir(parents=True)
@@ -35,6 +37,10 @@ def write_run(root: Path, name: str, seed: int, valid: float, test: float, epoch
                "status": status, "best_valid": valid, "test": test, "epochs_run": epochs, "device": "cpu (test)",
                "best_epoch": best_epoch or epochs,
                "commit": "abc1234"}
+    if wall_seconds is not None:
+        summary["wall_seconds"] = wall_seconds
+    if resumed_from_epoch is not None:
+        summary["resumed_from_epoch"] = resumed_from_epoch
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -50,8 +56,8 @@ def own_results(tmp_path, monkeypatch):
 def runs(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     monkeypatch.setenv("ZONEOUT_RUNS_DIR", str(root))
-    dirs = [write_run(root, "ptb_char/zoneout", seed, v, t, e)
-            for seed, v, t, e in zip(range(3), ZONEOUT_VALID, ZONEOUT_TEST, ZONEOUT_EPOCHS)]
+    dirs = [write_run(root, "ptb_char/zoneout", seed, v, t, e, wall_seconds=w, resumed_from_epoch=r)
+            for seed, v, t, e, w, r in zip(range(3), ZONEOUT_VALID, ZONEOUT_TEST, ZONEOUT_EPOCHS, ZONEOUT_WALL, (None, None, 2))]
     dirs.append(write_run(root, "ptb_char/recurrent_batchnorm", 0, 1.45, 1.38))       # a cited row we ran
     dirs.append(write_run(root, "ptb_char/unregularized", 0, 1.6, 1.5, status="running"))  # unfinished: "not run"
     dirs.append(write_run(root, "ptb_char/zoneout", 7, 9.0, 9.0, scale="paper"))      # another scale: ignored
@@ -73,7 +79,10 @@ def test_make_table_means_paper_delta_and_row_kinds(runs, tmp_path):
     test_mean, test_std = statistics.mean(ZONEOUT_TEST), statistics.stdev(ZONEOUT_TEST)
     assert cells[1:6] == [f"{valid_mean:.3f} ± {valid_std:.3f}", f"{test_mean:.3f} ± {test_std:.3f}", "1.362", "1.27",
                           f"{test_mean - 1.27:+.3f}"]
-    assert cells[6:9] == ["3/3/3", "0 1 2", "cpu (test)"]
+    assert cells[6:10] == ["3/3/3", "10/21/50+", "0 1 2", "cpu (test)"]
+    # the resumed run is marked; the cited row's run has no wall time ("–", counted as 0 in the total)
+    assert table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")[7] == "–"
+    assert "Wall time: 4 runs, 1 h 21 min of training in all" in markdown and "+ marks a resumed run" in markdown
     assert table_line(markdown, "Unregularized LSTM")[1:5] == ["not run", "not run", "1.466", "1.356"]
     cited_run = table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")
     assert cited_run[1:6] == ["1.450", "1.380", "–", "1.32", "+0.060"]  # cited but run: our numbers are shown
@@ -227,7 +236,7 @@ def test_compare_groups_seeds_and_finds_paper_rows(runs, tmp_path, capsys):
     assert "QUICK SCALE" in markdown and "1x128 LSTM" in markdown
     cells = table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05)")
     assert cells[1] == f"{statistics.mean(ZONEOUT_VALID):.3f} ± {statistics.stdev(ZONEOUT_VALID):.3f}"
-    assert cells[3:5] == ["1.362", "1.27"] and cells[7] == "0 1 2"
+    assert cells[3:5] == ["1.362", "1.27"] and cells[7:9] == ["10/21/50+", "0 1 2"]
     assert table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")[1:3] == ["1.450", "1.380"]
     assert (tmp_path / "cmp" / "zoneout_vs_bn.md").read_text() + "\n" == markdown
     parsed = list(csv.DictReader(io.StringIO((tmp_path / "cmp" / "zoneout_vs_bn.csv").read_text())))
