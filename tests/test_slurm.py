@@ -92,16 +92,17 @@ def slurm(env: dict, *args: str) -> str:
     return done.stdout.strip()
 
 
-def job_state(env: dict, job_id: str) -> str:
+def job_field(env: dict, job_id: str, name: str) -> str:
     line = slurm(env, "scontrol", "-o", "show", "job", job_id)
-    return next(field.split("=", 1)[1] for field in line.split() if field.startswith("JobState="))
+    return next(field.split("=", 1)[1] for field in line.split() if field.startswith(name + "="))
 
 
 def interrupt_and_release(env: dict, run_dirs: dict, deadline: float) -> dict:
     """For each run (key -> (run dir, how)): once its last.pt exists (epoch 1 done), requeue its Slurm job,
-    by `scontrol requeue` (what an admin or a preempting partition does) or by USR2 (the signal Slurm
-    sends before a time limit or a preemption: submitit checkpoints the call and requeues itself); then,
-    once Slurm holds it as requeued (~2 minutes of BeginTime), start it now. Returns key -> job id."""
+    by `scontrol suspend` + `requeue` (what an admin or a preempting partition does) or by USR2 (the signal
+    Slurm sends before a time limit or a preemption: submitit checkpoints the call and requeues itself);
+    then, once Slurm holds it as requeued (~2 minutes of BeginTime; a suspended job is also held), start
+    it now. Returns key -> job id."""
     job_ids, released = {}, set()
     while len(released) < len(run_dirs):
         assert time.time() < deadline, f"interrupted {job_ids}, released {released}"
@@ -109,8 +110,17 @@ def interrupt_and_release(env: dict, run_dirs: dict, deadline: float) -> dict:
             if key not in job_ids and (run_dir / "last.pt").exists():
                 hydra_yaml = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())
                 job_id = job_ids[key] = str(hydra_yaml["hydra"]["job"]["id"])  # the launcher sets the Slurm job id
-                slurm(env, *(["scontrol", "requeue", job_id] if how == "requeue" else ["scancel", "--signal=USR2", job_id]))
-            elif key in job_ids and key not in released and job_state(env, job_ids[key]) == "PENDING":
+                if how == "requeue":
+                    # Suspended first (SIGSTOP): a requeued job gets KillWait (2 s) after its SIGTERM, which
+                    # submitit ignores, and on a fast machine its last epochs fit in those 2 s: it finished
+                    # before the kill and its rerun only found summary.json (a failed CI run, stop 20).
+                    slurm(env, "scontrol", "suspend", job_id)
+                    slurm(env, "scontrol", "requeue", job_id)
+                else:  # submitit's handler requeues and exits at once: no window to close
+                    slurm(env, "scancel", "--signal=USR2", job_id)
+            elif key in job_ids and key not in released and job_field(env, job_ids[key], "JobState") == "PENDING":
+                if job_field(env, job_ids[key], "Reason").startswith("JobHeld"):  # a suspended job is requeued held
+                    slurm(env, "scontrol", "release", job_ids[key])
                 slurm(env, "scontrol", "update", f"JobId={job_ids[key]}", "StartTime=now")
                 released.add(key)
         time.sleep(0.1)
