@@ -129,6 +129,7 @@ def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tupl
                       "epochs": "/".join(str(s["epochs_run"]) + ("*" if capped(s, d) else "") for s, d in runs),
                       "wall_minutes": "/".join(wall_minutes(s) for s, _ in runs),
                       "wall_seconds_sum": sum(s.get("wall_seconds") or 0.0 for s, _ in runs),
+                      "wall_missing": sum(s.get("wall_seconds") is None for s, _ in runs),
                       "seeds": " ".join(str(s["seed"]) for s, _ in runs),
                       "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
         for summary, run_dir in runs:
@@ -264,11 +265,13 @@ def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> st
     ran = [r for r in rows if r.get("n_seeds")]
     if ran:
         total = sum(r["wall_seconds_sum"] for r in ran) / 60
-        runs = sum(r["n_seeds"] for r in ran)
+        missing = sum(r["wall_missing"] for r in ran)
+        runs = sum(r["n_seeds"] for r in ran) - missing
         lines += ["", f"Wall time: {runs} runs, {total // 60:.0f} h {total % 60:02.0f} min of training in all (the sum of "
                   "the runs' wall times, one process each; a run that shared the machine with another, or was paused, "
                   "counts all of it" + ("; + marks a resumed run, which counts only its last process" if any(
-                      "+" in r["wall_minutes"] for r in ran) else "") + ")."]
+                      "+" in r["wall_minutes"] for r in ran) else "")
+                  + (f"; {missing} run(s) without a recorded wall time (–) are not in it" if missing else "") + ")."]
     return "\n".join(lines) + "\n"
 
 

@@ -80,9 +80,10 @@ def test_make_table_means_paper_delta_and_row_kinds(runs, tmp_path):
     assert cells[1:6] == [f"{valid_mean:.3f} ± {valid_std:.3f}", f"{test_mean:.3f} ± {test_std:.3f}", "1.362", "1.27",
                           f"{test_mean - 1.27:+.3f}"]
     assert cells[6:10] == ["3/3/3", "10/21/50+", "0 1 2", "cpu (test)"]
-    # the resumed run is marked; the cited row's run has no wall time ("–", counted as 0 in the total)
+    # the resumed run is marked; the cited row's run has no wall time ("–"): left out of the total, and said so
     assert table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")[7] == "–"
-    assert "Wall time: 4 runs, 1 h 21 min of training in all" in markdown and "+ marks a resumed run" in markdown
+    assert "Wall time: 3 runs, 1 h 21 min of training in all" in markdown and "+ marks a resumed run" in markdown
+    assert "; 1 run(s) without a recorded wall time (–) are not in it)." in markdown
     assert table_line(markdown, "Unregularized LSTM")[1:5] == ["not run", "not run", "1.466", "1.356"]
     cited_run = table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")
     assert cited_run[1:6] == ["1.450", "1.380", "–", "1.32", "+0.060"]  # cited but run: our numbers are shown
