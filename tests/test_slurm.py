@@ -92,9 +92,10 @@ def slurm(env: dict, *args: str) -> str:
     return done.stdout.strip()
 
 
-def job_field(env: dict, job_id: str, name: str) -> str:
+def job_fields(env: dict, job_id: str) -> dict:
+    """The job's `scontrol -o show job` fields (JobState, Reason, ...) by name."""
     line = slurm(env, "scontrol", "-o", "show", "job", job_id)
-    return next(field.split("=", 1)[1] for field in line.split() if field.startswith(name + "="))
+    return dict(field.split("=", 1) for field in line.split() if "=" in field)
 
 
 def interrupt_and_release(env: dict, run_dirs: dict, deadline: float) -> dict:
@@ -118,8 +119,8 @@ def interrupt_and_release(env: dict, run_dirs: dict, deadline: float) -> dict:
                     slurm(env, "scontrol", "requeue", job_id)
                 else:  # submitit's handler requeues and exits at once: no window to close
                     slurm(env, "scancel", "--signal=USR2", job_id)
-            elif key in job_ids and key not in released and job_field(env, job_ids[key], "JobState") == "PENDING":
-                if job_field(env, job_ids[key], "Reason").startswith("JobHeld"):  # a suspended job is requeued held
+            elif key in job_ids and key not in released and (fields := job_fields(env, job_ids[key]))["JobState"] == "PENDING":
+                if fields["Reason"].startswith("JobHeld"):  # a suspended job is requeued held
                     slurm(env, "scontrol", "release", job_ids[key])
                 slurm(env, "scontrol", "update", f"JobId={job_ids[key]}", "StartTime=now")
                 released.add(key)
