@@ -13,14 +13,13 @@ CPU with the C++ kernels only (else their reference loops).
 """
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from zoneout.nn import reference
-from zoneout.nn.fused import cpu_ext, cpu_gemm, hidden, torch_kernels
+from zoneout.nn.fused import buffers, cpu_ext, cpu_gemm, torch_kernels
 from zoneout.nn.fused.function import FusedLSTMFunction, run_inference, uses_onednn
 from zoneout.nn.fused.hidden import gru_layer, rnn_layer
 from zoneout.nn.fused.masks import CompactNoise, UnsupportedMask, compact_noise
@@ -40,8 +39,10 @@ __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "kernels_for", "options", "re
 #                scripts/bench.py --device cuda shows the eager path launch-bound on a GPU.
 #   gemm_dtype:  None (the input's dtype) or torch.bfloat16 for the recurrent GEMM on CUDA: bf16 operands,
 #                fp32 accumulate and output (an error where cuBLAS has no such GEMM); cell state stays fp32.
+#   reuse_buffers: the C++ kernels' forward writes its output and saved tensors into pooled blocks (buffers.py)
+#                rather than fresh ones.
 options = {"cpu_kernels": "auto", "cpu_gemm": "auto", "gpu_kernels": "auto", "cuda_graphs": False,
-           "gemm_dtype": None}
+           "gemm_dtype": None, "reuse_buffers": True}
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _CPU_CHOICES = ("auto", "cpp", "torch")
 _triton: dict = {}
@@ -50,37 +51,28 @@ _cpp: dict = {}
 
 class _CppKernels:
     """Adapts the compiled module to the kernels interface of function.py, with `gemm` ("mkl" or
-    "onednn"; function.uses_onednn says where it applies). The backward's dgates (T,B,4H) lives in a
-    per-thread workspace reused across calls (shared by both GEMM choices): it never leaves the backward
-    (only GEMM results derived from it do), and reusing it saves the first-touch page faults of a
-    fresh buffer (~0.1 s per step at T=100, B=128, H=1000)."""
-
-    _local = threading.local()
+    "onednn"; function.uses_onednn says where it applies). The forward's output, cells and tanh(c~) and
+    the backward's dgates (T,B,4H) come from the per-thread buffer pool (buffers.py): a fresh buffer of
+    that size costs its first-touch page faults on every call (~0.1 s per step at T=100, B=128, H=1000)."""
 
     def __init__(self, module, gemm: str):
         self.module, self.gemm = module, gemm
 
-    def _workspace(self, like: Tensor) -> Tensor:
-        cached = getattr(self._local, "dgates", None)
-        if cached is None or cached.dtype != like.dtype or cached.numel() < like.numel():
-            cached = self._local.dgates = None  # free the old one first
-            cached = self._local.dgates = torch.empty(like.numel(), dtype=like.dtype)
-        return cached[:like.numel()].view(like.shape)
-
     def forward(self, gates, h0, c0, weight_hh, noise: CompactNoise, save: bool):
+        T = gates.shape[0]
+        results = buffers.results(h0, T, T + 1 if save else 2, T if save else 1)  # output, cells, tanh(c~)
         return self.module.forward(gates, h0, c0, weight_hh, noise.kinds(), noise.values(), noise.tensors(), save,
-                                   uses_onednn(self, gates))
+                                   uses_onednn(self, gates), results)
 
     def backward(self, grad_output, grad_h, grad_c, gates, cells, tanh_cells, weight_hh, noise: CompactNoise):
+        dgates = buffers.take(tuple(gates.shape), gates.dtype)
         return self.module.backward(grad_output, grad_h, grad_c, gates, cells, tanh_cells, weight_hh,
-                                    noise.kinds(), noise.values(), noise.tensors(), self._workspace(gates),
-                                    uses_onednn(self, gates))
+                                    noise.kinds(), noise.values(), noise.tensors(), dgates, uses_onednn(self, gates))
 
 
 def release_workspaces() -> None:
-    """Free the CPU backward workspaces of the calling thread (they are re-created on demand)."""
-    _CppKernels._local.dgates = None
-    hidden.release_workspaces()
+    """Free the calling thread's pooled CPU buffers (they are re-created on demand)."""
+    buffers.release()
 
 
 def kernels_for(device: torch.device, hidden_size: int = 0):

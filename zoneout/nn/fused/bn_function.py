@@ -22,17 +22,15 @@ backward raises (the backward is not differentiable).
 """
 from __future__ import annotations
 
-import threading
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from zoneout.nn.fused import bn_torch_kernels, cpu_ext
+from zoneout.nn.fused import bn_torch_kernels, buffers, cpu_ext
 from zoneout.nn.fused.masks import CompactNoise, UnsupportedMask, compact_noise
 from zoneout.nn.noise import RecurrentNoise
 
-__all__ = ["bn_lstm_layer", "kernels_for", "options", "release_workspaces", "supported"]
+__all__ = ["bn_lstm_layer", "kernels_for", "options", "supported"]
 
 # cpu_kernels: "auto" (C++ if it builds, else "torch"), "cpp" (error if it cannot build) or "torch".
 options = {"cpu_kernels": "auto"}
@@ -60,27 +58,13 @@ class _CppKernels:
                                     dgx, da)
 
 
-_local = threading.local()
-
-
 def _backward_buffers(like: Tensor) -> tuple[Tensor, Tensor]:
-    """Two buffers shaped like `like` for the backward's dgx and da. They never leave the backward (only GEMM
-    results and sums derived from them do), so on the CPU they live in a per-thread workspace reused across
-    calls: a fresh (T, B, 4H) buffer costs its first-touch page faults, a third of the pointwise time of a
-    step at T=100, B=128, H=256 (measured, cores busy). It holds 2 T B 4H values until release_workspaces()."""
+    """Two buffers shaped like `like` for the backward's dgx and da. On the CPU they come from the buffer
+    pool (buffers.py): a fresh (T, B, 4H) buffer costs its first-touch page faults, a third of the pointwise
+    time of a step at T=100, B=128, H=256 (measured, cores busy)."""
     if like.device.type != "cpu":
         return torch.empty_like(like), torch.empty_like(like)
-    cached = getattr(_local, "buffer", None)
-    if cached is None or cached.dtype != like.dtype or cached.numel() < 2 * like.numel():
-        cached = _local.buffer = None  # free the old one first
-        cached = _local.buffer = torch.empty(2 * like.numel(), dtype=like.dtype)
-    n = like.numel()
-    return cached[:n].view(like.shape), cached[n:2 * n].view(like.shape)
-
-
-def release_workspaces() -> None:
-    """Free the calling thread's backward workspace (it is re-created on demand)."""
-    _local.buffer = None
+    return buffers.take(tuple(like.shape), like.dtype), buffers.take(tuple(like.shape), like.dtype)
 
 
 def kernels_for(device: torch.device):

@@ -209,6 +209,18 @@ struct RecurrentGemm {
 };
 
 
+// Result k of the n tensors a forward returns: the caller's buffers[k] (a pooled block, buffers.py; checked
+// against `shape` and the dtype of `like`), or a new tensor where the caller passed no buffers.
+inline Tensor result_tensor(const std::vector<Tensor>& buffers, size_t k, size_t n, at::IntArrayRef shape,
+                            const Tensor& like) {
+  if (buffers.empty()) return at::empty(shape, like.options());
+  TORCH_CHECK(buffers.size() == n, "buffers: ", n, " tensors (one per result) or none, got ", buffers.size());
+  const Tensor& buffer = buffers[k];
+  TORCH_CHECK(buffer.sizes() == shape && buffer.is_contiguous() && buffer.dtype() == like.dtype(), "buffers[", k,
+              "] must be a contiguous ", shape, " tensor of dtype ", like.dtype());
+  return buffer;
+}
+
 // Rows per parallel chunk: enough work per thread (~16k values) to pay for the fork/join; `width` is
 // the number of values one row touches. Without -fopenmp at::parallel_for runs the rows serially.
 inline int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / width); }

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from zoneout.cpuinfo import cpu_vendor
+from zoneout.nn.fused import buffers
 
 CHOICES = ("auto", "mkl", "onednn")
 # CPU vendor -> the smallest hidden size from which "auto" picks oneDNN, as measured by scripts/bench.py
@@ -50,9 +51,9 @@ def weight_grad(flat: Tensor, *blocks: Tensor) -> Tensor:
     """flat^T @ cat(blocks) through oneDNN: flat (N, G), the blocks' rows stack to (N, K) -> (G, K).
     oneDNN's linear reduces over the last, contiguous dimension of its input, which here is N for
     neither operand: the narrower one (the blocks, K <= G) is copied once, transposed, into a (K, N)
-    buffer; flat^T is read as a view and the (K, G) result is returned transposed."""
+    buffer (pooled: buffers.py); flat^T is read as a view and the (K, G) result is returned transposed."""
     K = blocks[0].shape[-1]
-    rows_t = torch.empty(K, flat.shape[0], dtype=flat.dtype)
+    rows_t = buffers.take((K, flat.shape[0]), flat.dtype)
     start = 0
     for block in blocks:
         block = block.reshape(-1, K)

@@ -129,15 +129,17 @@ void check_contiguous(std::initializer_list<const Tensor*> tensors) {
 }
 
 // gates (T, B, 3H): x W_ih^T + b_ih, overwritten with r, u, n. Returns output (T, B, H) and, when
-// `save`, hn (T, B, H) = h_{t-1} W_hn^T + b_hn (the backward needs r, u, n, hn and h_{t-1}).
+// `save`, hn (T, B, H) = h_{t-1} W_hn^T + b_hn (the backward needs r, u, n, hn and h_{t-1}); else hn
+// holds one step. `buffers`: those two to write into (result_tensor), or none.
 std::vector<Tensor> gru_forward(Tensor gates, Tensor h0, Tensor weight_hh, std::optional<Tensor> bias_hh,
-                                int64_t kind, double value, std::optional<Tensor> mask, bool save) {
+                                int64_t kind, double value, std::optional<Tensor> mask, bool save,
+                                std::vector<Tensor> buffers) {
   check_contiguous({&gates, &h0, &weight_hh});
   if (bias_hh) check_contiguous({&*bias_hh});
   const Mask keep_hidden(kind, value, mask);
   const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(1);
-  Tensor output = at::empty({T, B, H}, h0.options());
-  Tensor hn = at::empty({save ? T : 1, B, H}, h0.options());
+  Tensor output = result_tensor(buffers, 0, 2, {T, B, H}, h0);
+  Tensor hn = result_tensor(buffers, 1, 2, {save ? T : 1, B, H}, h0);
   Tensor step = at::empty({B, 3 * H}, h0.options());
   const RecurrentGemm recurrent_gemm(weight_hh, B, T);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_gru_forward", [&] {
@@ -180,13 +182,13 @@ Tensor gru_backward(Tensor grad_output, Tensor grad_h, Tensor gates, Tensor hn, 
 }
 
 // pre (T, B, H): x W_ih^T + b_ih + b_hh, overwritten with the activations h~ (all the backward needs
-// besides the masks). Returns output (T, B, H).
+// besides the masks). Returns output (T, B, H), written into buffers[0] where given (result_tensor).
 Tensor rnn_forward(Tensor pre, Tensor h0, Tensor weight_hh, bool relu, int64_t kind, double value,
-                   std::optional<Tensor> mask) {
+                   std::optional<Tensor> mask, std::vector<Tensor> buffers) {
   check_contiguous({&pre, &h0, &weight_hh});
   const Mask keep_hidden(kind, value, mask);
   const int64_t T = pre.size(0), B = pre.size(1), H = h0.size(1);
-  Tensor output = at::empty({T, B, H}, h0.options());
+  Tensor output = result_tensor(buffers, 0, 1, {T, B, H}, h0);
   const RecurrentGemm recurrent_gemm(weight_hh, B, T);
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "zoneout_rnn_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {

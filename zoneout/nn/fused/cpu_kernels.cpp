@@ -102,16 +102,17 @@ void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T
 
 // gates (T, B, 4H): the input projection plus biases; overwritten with the activated gates.
 // Returns output (T,B,H), cells (T+1,B,H; cells[0] = c0) and tanh(c~) (T,B,H) when `save`,
-// else output and c_T only.
+// else output and c_T only (cells then holds 2 steps, tanh(c~) 1). `buffers`: those three to write
+// into (result_tensor, cpu_common.h), or none.
 std::vector<Tensor> forward(Tensor gates, Tensor h0, Tensor c0, Tensor weight_hh, std::vector<int64_t> kinds,
                             std::vector<double> values, std::vector<std::optional<Tensor>> tensors, bool save,
-                            bool onednn) {
+                            bool onednn, std::vector<Tensor> buffers) {
   TORCH_CHECK(gates.is_contiguous() && h0.is_contiguous() && c0.is_contiguous(), "contiguous inputs expected");
   const auto masks = masks_of(kinds, values, tensors);
   const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(1);
-  Tensor output = at::empty({T, B, H}, h0.options());
-  Tensor cells = at::empty({save ? T + 1 : 2, B, H}, h0.options());
-  Tensor tanh_cells = at::empty({save ? T : 1, B, H}, h0.options());
+  Tensor output = result_tensor(buffers, 0, 3, {T, B, H}, h0);
+  Tensor cells = result_tensor(buffers, 1, 3, {save ? T + 1 : 2, B, H}, h0);
+  Tensor tanh_cells = result_tensor(buffers, 2, 3, {save ? T : 1, B, H}, h0);
   cells[0].copy_(c0);
   const RecurrentGemm recurrent_gemm(weight_hh, B, T, onednn);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_forward", [&] {

@@ -14,7 +14,6 @@ sequence, misshapen arguments, cpu_kernels options other than "auto"/"cpp", or n
 """
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import torch
@@ -23,35 +22,14 @@ from torch.autograd.function import once_differentiable
 
 from zoneout.nn import gru as gru_reference
 from zoneout.nn import rnn as rnn_reference
-from zoneout.nn.fused import cpu_ext
+from zoneout.nn.fused import buffers, cpu_ext
 from zoneout.nn.fused.function import _no_autocast, input_projection, project, recurrent_weight_grad
 from zoneout.nn.fused.masks import CompactMask, UnsupportedMask, compact_mask
 from zoneout.nn.noise import RecurrentNoise
 
-__all__ = ["gru_layer", "rnn_layer", "release_workspaces"]
+__all__ = ["gru_layer", "rnn_layer"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
-_local = threading.local()
-
-
-def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """A per-thread backward buffer reused across calls (spares a fresh buffer's page faults); it never
-    leaves the backward, only GEMM results computed from it do."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    cached = getattr(_local, name, None)
-    if cached is None or cached.dtype != dtype or cached.numel() < numel:
-        setattr(_local, name, None)  # free the old one first
-        cached = torch.empty(numel, dtype=dtype)
-        setattr(_local, name, cached)
-    return cached[:numel].view(shape)
-
-
-def release_workspaces() -> None:
-    """Free the calling thread's backward workspaces (re-created on demand)."""
-    for name in ("dgh", "dxn", "dpre"):
-        setattr(_local, name, None)
 
 
 def _module():
@@ -105,7 +83,8 @@ def gru_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
         return FusedGRUFunction.apply(*args)
     with _no_autocast(input.device):
         gates = project(args[0], args[2], bias_ih)
-        (output,) = module.gru_forward(gates, args[1], args[3], args[5], keep.kind, keep.value, keep.tensor, False)
+        (output,) = module.gru_forward(gates, args[1], args[3], args[5], keep.kind, keep.value, keep.tensor, False,
+                                       buffers.results(h0, input.shape[0], 1))
     return output, output[-1].clone()
 
 
@@ -125,7 +104,8 @@ def rnn_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
         return FusedRNNFunction.apply(*args)
     with _no_autocast(input.device):
         pre = input_projection(args[0], args[2], bias_ih, bias_hh)
-        output = module.rnn_forward(pre, args[1], args[3], relu, keep.kind, keep.value, keep.tensor)
+        output = module.rnn_forward(pre, args[1], args[3], relu, keep.kind, keep.value, keep.tensor,
+                                    buffers.results(h0, input.shape[0]))
     return output, output[-1].clone()
 
 
@@ -135,7 +115,8 @@ class FusedGRUFunction(torch.autograd.Function):
                 bias_hh: Optional[Tensor], keep: CompactMask, module):
         with _no_autocast(input.device):
             gates = project(input, weight_ih, bias_ih)  # b_hh stays apart: b_hn sits inside r * (.)
-            output, hn = module.gru_forward(gates, h0, weight_hh, bias_hh, keep.kind, keep.value, keep.tensor, True)
+            output, hn = module.gru_forward(gates, h0, weight_hh, bias_hh, keep.kind, keep.value, keep.tensor, True,
+                                            buffers.results(h0, input.shape[0], input.shape[0]))
         ctx.keep, ctx.module, ctx.has_bias = keep, module, bias_ih is not None
         ctx.save_for_backward(input, h0, weight_ih, weight_hh, output, gates, hn)
         return output, output[-1].clone()  # a copy: an in-place edit of h_T cannot reach the saved output
@@ -148,7 +129,7 @@ class FusedGRUFunction(torch.autograd.Function):
         T, B, I = input.shape
         H = h0.shape[1]
         with _no_autocast(input.device):
-            dgh, dxn = _workspace("dgh", tuple(gates.shape), gates.dtype), _workspace("dxn", tuple(hn.shape), hn.dtype)
+            dgh, dxn = buffers.take(tuple(gates.shape), gates.dtype), buffers.take(tuple(hn.shape), hn.dtype)
             dh0 = ctx.module.gru_backward(grad_output.contiguous(), grad_h, gates, hn, output, h0, weight_hh,
                                           keep.kind, keep.value, keep.tensor, dgh, dxn)
             # dL/d(x W_ih^T + b_ih) is dgh with its n part replaced by dxn: the r and u rows come from dgh
@@ -175,7 +156,8 @@ class FusedRNNFunction(torch.autograd.Function):
                 bias_hh: Optional[Tensor], keep: CompactMask, module, relu: bool):
         with _no_autocast(input.device):
             activations = input_projection(input, weight_ih, bias_ih, bias_hh)  # becomes h~ of every step
-            output = module.rnn_forward(activations, h0, weight_hh, relu, keep.kind, keep.value, keep.tensor)
+            output = module.rnn_forward(activations, h0, weight_hh, relu, keep.kind, keep.value, keep.tensor,
+                                        buffers.results(h0, input.shape[0]))
         ctx.keep, ctx.module, ctx.relu, ctx.has_bias = keep, module, relu, bias_ih is not None
         ctx.save_for_backward(input, h0, weight_ih, weight_hh, output, activations)
         return output, output[-1].clone()
@@ -187,7 +169,7 @@ class FusedRNNFunction(torch.autograd.Function):
         keep, need = ctx.keep, ctx.needs_input_grad
         T, B, I = input.shape
         with _no_autocast(input.device):
-            dpre = _workspace("dpre", tuple(activations.shape), activations.dtype)
+            dpre = buffers.take(tuple(activations.shape), activations.dtype)
             dh0 = ctx.module.rnn_backward(grad_output.contiguous(), grad_h, activations, weight_hh, ctx.relu,
                                           keep.kind, keep.value, keep.tensor, dpre)
             flat = dpre.view(T * B, -1)
