@@ -142,3 +142,33 @@ def test_fused_gru_backward_buffers_match_the_reference_across_interleaved_graph
         want = torch.autograd.grad((want_output * want_output).sum() + want_h.sum(), args)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_input_projection_goes_into_a_pooled_block_and_equals_addmm(bias, monkeypatch):
+    from zoneout.nn.fused.function import project
+
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5, 3, 7, generator=gen, dtype=torch.float64), torch.randn(8, 7, generator=gen, dtype=torch.float64)
+    b = torch.randn(8, generator=gen, dtype=torch.float64) if bias else None
+    want = (x.reshape(15, 7) @ w.t() + (b if bias else 0)).view(5, 3, 8)
+    got = project(x, w, b)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    assert buffers.held_bytes() == 5 * 3 * 8 * 8  # it went into a pooled block
+    monkeypatch.setitem(fused.options, "reuse_buffers", False)
+    buffers.release()
+    torch.testing.assert_close(project(x, w, b), want, atol=1e-12, rtol=1e-12)
+    assert buffers.held_bytes() == 0
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")
+def test_a_onednn_layer_projects_wide_inputs_through_onednn_and_narrow_ones_into_the_pool():
+    from zoneout.nn.fused import cpu_gemm
+    from zoneout.nn.fused.function import project
+
+    for width in (8, 1024):
+        buffers.release()
+        x, w = torch.randn(4, 2, width), torch.randn(16, width)
+        torch.testing.assert_close(project(x, w, None, onednn=True), (x.reshape(8, width) @ w.t()).view(4, 2, 16),
+                                   atol=1e-4, rtol=1e-4)
+        assert (buffers.held_bytes() == 0) == cpu_gemm.onednn_projects(width)

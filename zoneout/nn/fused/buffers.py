@@ -21,7 +21,7 @@ import threading
 import torch
 from torch import Tensor
 
-__all__ = ["take", "results", "release", "held_bytes"]
+__all__ = ["take", "enabled", "results", "release", "held_bytes"]
 
 _MAX_BLOCKS = 64  # beyond this many blocks in use at once, take() hands out plain tensors
 _local = threading.local()
@@ -63,12 +63,18 @@ def _on(block: Tensor, shape: tuple[int, ...]) -> Tensor:
     return torch.empty(0, dtype=block.dtype).set_(block.untyped_storage(), 0, shape)
 
 
-def results(h0: Tensor, *steps: int) -> list[Tensor]:
-    """Blocks for a fused forward's results, each (steps, B, H) like h0's (B, H), where
-    fused.options["reuse_buffers"]; else none (the C++ kernel then allocates them)."""
+def enabled(like: Tensor) -> bool:
+    """Whether a fused layer on `like`'s device takes its large tensors from the pool: on the CPU, where
+    fused.options["reuse_buffers"]."""
     from zoneout.nn.fused import options  # the package imports this module: imported late
 
-    return [take((n, *h0.shape), h0.dtype) for n in steps] if options["reuse_buffers"] else []
+    return like.device.type == "cpu" and options["reuse_buffers"]
+
+
+def results(h0: Tensor, *steps: int) -> list[Tensor]:
+    """Blocks for a fused C++ forward's results, each (steps, B, H) like h0's (B, H), where enabled(h0);
+    else none (the kernel then allocates them)."""
+    return [take((n, *h0.shape), h0.dtype) for n in steps] if enabled(h0) else []
 
 
 def release() -> None:

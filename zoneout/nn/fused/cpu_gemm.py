@@ -25,6 +25,19 @@ CHOICES = ("auto", "mkl", "onednn")
 _ONEDNN_FROM_HIDDEN: dict[str, int] = {"amd": 256}
 
 
+# The input width from which a oneDNN layer's input projection (T*B rows -> 4H) runs through oneDNN (whose
+# GEMM allocates a fresh result) rather than MKL's addmm into a pooled block (buffers.py). Measured on the AMD
+# EPYC (12,800 rows -> 4,000, idle, 1 / 2 threads; oneDNN-fresh time / MKL-pooled time): I = 50 2.77 / 2.18x,
+# 128 1.08 / 1.52x, 256 1.14 / 1.17x, 512 1.06 / 0.93x, 1000 0.79 / 0.83x (the fresh result's page faults
+# outweigh MKL's slower GEMM on AMD while the GEMM is narrow).
+_ONEDNN_PROJECTS_FROM_INPUT = 512
+
+
+def onednn_projects(input_size: int) -> bool:
+    """Whether a oneDNN layer runs its input projection through oneDNN (else MKL into a pooled block)."""
+    return input_size >= _ONEDNN_PROJECTS_FROM_INPUT
+
+
 def default_cpu_gemm(hidden_size: int) -> str:
     """What "auto" means on this CPU for a layer of `hidden_size` units (measured per vendor, above)."""
     threshold = _ONEDNN_FROM_HIDDEN.get(cpu_vendor())

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from zoneout.nn.fused import cpu_gemm
+from zoneout.nn.fused import buffers, cpu_gemm
 from zoneout.nn.fused.masks import CompactNoise
 
 
@@ -35,14 +35,22 @@ def input_projection(input: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor]
 
 
 def project(input: Tensor, weight: Tensor, bias: Optional[Tensor], onednn: bool = False) -> Tensor:
-    """input (T, B, I) @ weight^T (+ bias) as one (T*B, I) GEMM -> (T, B, rows of weight)."""
+    """input (T, B, I) @ weight^T (+ bias) as one (T*B, I) GEMM -> (T, B, rows of weight). On the CPU the
+    result goes into a pooled block (buffers.py) through MKL's addmm, except where oneDNN's GEMM, which
+    allocates its own result, is the faster of the two (cpu_gemm.onednn_projects)."""
     T, B, I = input.shape
     x = input.reshape(T * B, I)
-    if onednn:
-        gates = cpu_gemm.linear(x, weight, bias)
-    else:
+    if onednn and cpu_gemm.onednn_projects(I):
+        return cpu_gemm.linear(x, weight, bias).view(T, B, -1)
+    if not buffers.enabled(input):
         gates = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
-    return gates.view(T, B, -1)
+        return gates.view(T, B, -1)
+    gates = buffers.take((T, B, weight.shape[0]), input.dtype)
+    if bias is None:
+        torch.mm(x, weight.t(), out=gates.view(T * B, -1))
+    else:
+        torch.addmm(bias, x, weight.t(), out=gates.view(T * B, -1))
+    return gates
 
 
 def recurrent_weight_grad(flat: Tensor, h0: Tensor, output: Tensor) -> Tensor:
