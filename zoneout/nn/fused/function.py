@@ -42,10 +42,8 @@ def project(input: Tensor, weight: Tensor, bias: Optional[Tensor], onednn: bool 
     x = input.reshape(T * B, I)
     if onednn and cpu_gemm.onednn_projects(I):
         return cpu_gemm.linear(x, weight, bias).view(T, B, -1)
-    if not buffers.enabled(input):
-        gates = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
-        return gates.view(T, B, -1)
-    gates = buffers.take((T, B, weight.shape[0]), input.dtype)
+    shape = (T, B, weight.shape[0])
+    gates = buffers.take(shape, input.dtype) if buffers.enabled(input) else input.new_empty(shape)
     if bias is None:
         torch.mm(x, weight.t(), out=gates.view(T * B, -1))
     else:
