@@ -39,8 +39,8 @@ __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "kernels_for", "options", "re
 #                scripts/bench.py --device cuda shows the eager path launch-bound on a GPU.
 #   gemm_dtype:  None (the input's dtype) or torch.bfloat16 for the recurrent GEMM on CUDA: bf16 operands,
 #                fp32 accumulate and output (an error where cuBLAS has no such GEMM); cell state stays fp32.
-#   reuse_buffers: the C++ kernels' forward writes its output and saved tensors into pooled blocks (buffers.py)
-#                rather than fresh ones.
+#   reuse_buffers: on the CPU the input projection and the C++ kernels' forward results (output, saved tensors)
+#                go into pooled blocks (buffers.py) rather than fresh ones (backward workspaces are pooled always).
 options = {"cpu_kernels": "auto", "cpu_gemm": "auto", "gpu_kernels": "auto", "cuda_graphs": False,
            "gemm_dtype": None, "reuse_buffers": True}
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)

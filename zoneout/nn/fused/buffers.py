@@ -2,8 +2,9 @@
 
 Why: a fresh tensor of many MiB costs its page faults on every call (glibc maps a block that large anew
 and unmaps it on free, so the kernel zeroes every page again on first touch); at T=100, B=128, H=1000 the
-fused LSTM's forward output, cells, tanh(c~) and its backward's dL/d(pre-activations) are 50-200 MiB
-each. Reusing them spares those faults (measured in results/bench_cpu_amd.md).
+fused LSTM's input projection, forward output, cells, tanh(c~) and its backward's dL/d(pre-activations)
+are 50-200 MiB each (195 MiB: 99 ms to fill fresh, 10 ms reused, AMD EPYC). Reusing them spares those
+faults (results/bench_cpu_amd_buffer_pool.md).
 
 Which block is free: the pool keeps each block's base tensor and hands out tensors on its storage (not
 views in autograd's sense: a caller may edit one in place as it could a fresh tensor). Every tensor that
