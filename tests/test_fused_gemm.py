@@ -124,3 +124,16 @@ def test_bench_cpu_option_rows_set_and_restore_the_gemm(monkeypatch):
         bench.option_step(row, step)()
     assert seen == [("cpp", "mkl"), ("cpp", "onednn"), ("torch", "auto")]
     assert (fused.options["cpu_kernels"], fused.options["cpu_gemm"]) == ("auto", "auto")
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+def test_weight_grad_equals_the_plain_product_across_transpose_chunks():
+    # Blocks of 3 and 600 rows: the second crosses transpose_into's chunk boundaries (256 rows) at an offset.
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.randn(603, 12, generator=gen)
+    first, rest = torch.randn(3, 7, generator=gen), torch.randn(200, 3, 7, generator=gen)
+    expected = flat.t() @ torch.cat([first, rest.reshape(-1, 7)])
+    torch.testing.assert_close(cpu_gemm.weight_grad(flat, first, rest), expected, rtol=1e-5, atol=1e-4)
+    out = torch.full((7, 603), float("nan"))
+    cpu_gemm.transpose_into(out, torch.cat([first, rest.reshape(-1, 7)]))
+    assert torch.equal(out, torch.cat([first, rest.reshape(-1, 7)]).t())

@@ -60,6 +60,13 @@ def recurrent_weight_grad(flat: Tensor, h0: Tensor, output: Tensor) -> Tensor:
     return grad
 
 
+def column_sums(flat: Tensor) -> Tensor:
+    """flat (N, G) summed over its N rows (the bias gradients), as a GEMV with a vector of ones: a
+    memory-bound pass either way, and BLAS's runs at about twice the speed of torch's reduction here
+    (12,800 x 4,000 float32, 1 thread, AMD EPYC: 10 ms vs 25 ms)."""
+    return torch.mv(flat.t(), flat.new_ones(flat.shape[0]))
+
+
 def run_inference(kernels, input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise: CompactNoise):
     """No autograd: nothing is saved for a backward."""
     with _no_autocast(input.device):
@@ -114,6 +121,6 @@ class FusedLSTMFunction(torch.autograd.Function):
             grad_input = torch.mm(flat, weight_ih).view(T, B, I) if need[0] else None
             grad_weight_ih = torch.mm(flat.t(), input.reshape(T * B, I)) if need[3] else None
             grad_weight_hh = recurrent_weight_grad(flat, h0, output) if need[4] else None
-        grad_bias = flat.sum(0) if ctx.has_bias and (need[5] or need[6]) else None
+        grad_bias = column_sums(flat) if ctx.has_bias and (need[5] or need[6]) else None
         return (grad_input, dh0 if need[1] else None, dc0 if need[2] else None, grad_weight_ih, grad_weight_hh,
                 grad_bias if need[5] else None, grad_bias.clone() if need[6] else None, None, None)

@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 from zoneout.nn import gru as gru_reference
 from zoneout.nn import rnn as rnn_reference
 from zoneout.nn.fused import buffers, cpu_ext
-from zoneout.nn.fused.function import _no_autocast, input_projection, project, recurrent_weight_grad
+from zoneout.nn.fused.function import _no_autocast, column_sums, input_projection, project, recurrent_weight_grad
 from zoneout.nn.fused.masks import CompactMask, UnsupportedMask, compact_mask
 from zoneout.nn.noise import RecurrentNoise
 
@@ -142,10 +142,10 @@ class FusedGRUFunction(torch.autograd.Function):
                 grad_weight_ih = torch.cat([torch.mm(flat_ru.t(), x), torch.mm(flat_n.t(), x)])
             grad_weight_hh = recurrent_weight_grad(flat, h0, output) if need[3] else None
             if ctx.has_bias and need[5]:
-                grad_bias_hh = flat.sum(0)
+                grad_bias_hh = column_sums(flat)
             if ctx.has_bias and need[4]:
-                ru = grad_bias_hh[:2 * H] if grad_bias_hh is not None else flat_ru.sum(0)
-                grad_bias_ih = torch.cat([ru, flat_n.sum(0)])
+                ru = grad_bias_hh[:2 * H] if grad_bias_hh is not None else column_sums(flat_ru)
+                grad_bias_ih = torch.cat([ru, column_sums(flat_n)])
         return (grad_input, dh0 if need[1] else None, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh,
                 None, None)
 
@@ -176,6 +176,6 @@ class FusedRNNFunction(torch.autograd.Function):
             grad_input = torch.mm(flat, weight_ih).view(T, B, I) if need[0] else None
             grad_weight_ih = torch.mm(flat.t(), input.reshape(T * B, I)) if need[2] else None
             grad_weight_hh = recurrent_weight_grad(flat, h0, output) if need[3] else None
-            grad_bias = flat.sum(0) if ctx.has_bias and (need[4] or need[5]) else None
+            grad_bias = column_sums(flat) if ctx.has_bias and (need[4] or need[5]) else None
         return (grad_input, dh0 if need[1] else None, grad_weight_ih, grad_weight_hh,
                 grad_bias if need[4] else None, grad_bias.clone() if need[5] else None, None, None, None)
