@@ -44,6 +44,7 @@ from torch import nn
 
 import zoneout.nn.fused as fused
 from zoneout.cpuinfo import cpu_model
+from zoneout.nn.fused import buffers as fused_buffers
 from zoneout.nn.fused import cpu_ext, cpu_gemm
 from zoneout.nn.gru import GRU
 from zoneout.nn.lstm import ZoneoutLSTM
@@ -115,7 +116,10 @@ def sync(device):
 
 def peak_bytes(step, device):
     """GPU: torch.cuda.max_memory_allocated over the step (minus what was live before).
-    CPU: peak of live tensor bytes from torch.profiler memory events, at op granularity."""
+    CPU: peak of the bytes allocated during the step and still live, summed over the profiler's memory
+    events in time order (each allocation and free is one; frees of blocks allocated before the step are
+    not reported). An op's self memory is no timeline: a Function that frees what its child ops allocated
+    (the per-step GEMM results of a fused layer) shows one large negative value at its own start."""
     if device.type == "cuda":
         sync(device)
         before = torch.cuda.memory_allocated()
@@ -124,10 +128,11 @@ def peak_bytes(step, device):
         sync(device)
         return torch.cuda.max_memory_allocated() - before
     from torch.profiler import ProfilerActivity, profile
-    fused.release_workspaces()  # so the fused backward's (reused) dgates buffer is counted too
+    fused.release_workspaces()  # the pooled blocks are then allocated, and counted, within the step
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events())
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
     live = peak = 0
     for _, delta in events:
         live += delta
@@ -282,10 +287,12 @@ def run_shape(args, device, rows, shape, peak):
         ratio = medians[KIND_ROWS[KIND][0]] / seconds
         ratios.append((row, ratio))
         mfu = model_flops(shape) / seconds
-        memory = peak_bytes(steps[row], device) / 2 ** 20
+        memory = f"{peak_bytes(steps[row], device) / 2 ** 20:,.0f} MiB"
+        if row == "fused" and device.type == "cpu":  # what its pool kept from that step (buffers.py)
+            memory += f"; pool {fused_buffers.held_bytes() / 2 ** 20:,.0f} MiB"
         rate = f"{1 / seconds:.2f} steps/s" if shape[0] == PMNIST else f"{shape[1] * shape[2] / seconds:,.0f} chars/s"
         table.append(f"| {label} | {row} | {rate} | {seconds * 1e3:,.0f} ms | {ratio:.2f}x | "
-                     f"{memory:,.0f} MiB | {mfu / 1e9:,.1f} GFLOP/s ({100 * mfu / peak:.0f}%) |")
+                     f"{memory} | {mfu / 1e9:,.1f} GFLOP/s ({100 * mfu / peak:.0f}%) |")
     split = time_split(steps["fused"]) if "fused" in steps and device.type == "cpu" else None
     launches = launch_rows(shape, device, gen) if "fused" in steps and device.type == "cuda" else []
     return table, ratios, split, launches
@@ -401,8 +408,11 @@ def report(args, device, header, table, ratios, splits, launches, peak, load_bef
                       f"| shape | row | throughput | step | vs {KIND_ROWS[KIND][0]} | peak memory | achieved (MFU) |",
                       "|---|---|---|---|---|---|---|", *table, "",
                       "Peak memory: " + ("torch.cuda.max_memory_allocated over one step." if device.type == "cuda"
-                                         else "peak of live tensor bytes during one step from torch.profiler "
-                                              "memory events (op granularity)."),
+                                         else "peak of the tensor bytes allocated during one step and live at "
+                                              "once, from torch.profiler's memory events in time order (the fused "
+                                              "layers' pooled blocks are freed before, so counted); pool: what the "
+                                              "fused layer's buffer pool (zoneout/nn/fused/buffers.py) then "
+                                              "holds until the next step, part of that peak."),
                       "MFU: matmul FLOPs of the step (3 x forward) / step time, vs the measured matmul peak.", ""]
     if not args.cpu_options:
         lines += ["## Targets", "", *targets(ratios), ""]
