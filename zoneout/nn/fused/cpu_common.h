@@ -143,8 +143,23 @@ struct OnednnLinear {
     TORCH_CHECK(weight_.scalar_type() == at::kFloat, "the oneDNN GEMMs are float32 only");
     if (pack) {
       weight = op("mkldnn::_reorder_linear_weight").typed<Tensor(const Tensor&, std::optional<int64_t>)>()
-                   .call(weight_, B);
+                   .call(contiguous_in_chunks(weight_), B);
     }
+  }
+
+  // The reorder copies a transposed view (the backward's W_hh^T) to dense in one pass that reads a new
+  // cache line per value written; copied here in chunks of source rows first, the copy and the reorder
+  // take 7.4 instead of 11.6 ms at H = 1000 (AMD EPYC, 2 threads; cpu_gemm.transpose_into's reason).
+  static Tensor contiguous_in_chunks(const Tensor& weight) {
+    if (weight.dim() != 2 || weight.is_contiguous() || !weight.t().is_contiguous()) return weight;
+    const Tensor source = weight.t();  // dense (cols, rows)
+    Tensor out = at::empty(weight.sizes(), weight.options());
+    constexpr int64_t kChunk = 256;
+    for (int64_t start = 0; start < source.size(0); start += kChunk) {
+      const int64_t n = std::min(kChunk, source.size(0) - start);
+      out.narrow(1, start, n).copy_(source.narrow(0, start, n).t());
+    }
+    return out;
   }
 
   Tensor operator()(const Tensor& x) const {

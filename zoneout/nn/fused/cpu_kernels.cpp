@@ -58,14 +58,17 @@ void forward_pointwise(int64_t t, int64_t B, int64_t H, T* gates, const T* recur
 }
 
 // The backward of one (t, b) row; restrict-qualified parameters let the compiler vectorize it.
-template <typename T>
+// `recurrent` (kRecurrent): the GEMM's part of dL/dh_t, kept apart from `dh` and added here.
+template <typename T, bool kRecurrent>
 void backward_row(int64_t H, const T* __restrict__ i, const T* __restrict__ f, const T* __restrict__ g,
                   const T* __restrict__ o, const T* __restrict__ cp, const T* __restrict__ tc,
-                  const T* __restrict__ go, const T* __restrict__ keep_h, const T* __restrict__ keep_c,
-                  const T* __restrict__ m, T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ di,
-                  T* __restrict__ df, T* __restrict__ dg, T* __restrict__ dout) {
+                  const T* __restrict__ go, const T* __restrict__ recurrent, const T* __restrict__ keep_h,
+                  const T* __restrict__ keep_c, const T* __restrict__ m, T* __restrict__ dh,
+                  T* __restrict__ dc, T* __restrict__ di, T* __restrict__ df, T* __restrict__ dg,
+                  T* __restrict__ dout) {
   for (int64_t j = 0; j < H; ++j) {
-    const T dh_total = go[j] + dh[j];
+    T dh_total = go[j] + dh[j];
+    if constexpr (kRecurrent) dh_total += recurrent[j];
     const T dh_candidate = (T(1) - keep_h[j]) * dh_total;
     const T dc_total = dc[j];
     const T dc_candidate = (T(1) - keep_c[j]) * dc_total + dh_candidate * o[j] * (T(1) - tc[j] * tc[j]);
@@ -78,13 +81,14 @@ void backward_row(int64_t H, const T* __restrict__ i, const T* __restrict__ f, c
   }
 }
 
-// One timestep's pointwise backward. On entry `dh` holds dL/dh_t from later steps and `dc` dL/dc_t;
-// on exit `dh` holds the part of dL/dh_{t-1} that bypasses the GEMM (zoneout's kept h) and `dc` holds
-// dL/dc_{t-1}. `dgates` (B, 4H) receives dL/d(pre-activations).
+// One timestep's pointwise backward. On entry `dh` (plus `recurrent`, the previous GEMM's result, where
+// not null) holds dL/dh_t from later steps and `dc` dL/dc_t; on exit `dh` holds the part of dL/dh_{t-1}
+// that bypasses the GEMM (zoneout's kept h) and `dc` holds dL/dc_{t-1}. `dgates` (B, 4H) receives
+// dL/d(pre-activations).
 template <typename T>
 void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T* c_prev, const T* tanh_cell,
-                        const T* grad_output, T* dh, T* dc, T* dgates, const Mask& keep_cell,
-                        const Mask& keep_hidden, const Mask& update_keep) {
+                        const T* grad_output, const T* recurrent, T* dh, T* dc, T* dgates,
+                        const Mask& keep_cell, const Mask& keep_hidden, const Mask& update_keep) {
   at::parallel_for(0, B, row_grain(4 * H), [&](int64_t begin, int64_t end) {
   std::vector<T> scratch(3 * H);  // per thread: the row's masks as multipliers
   T *keep_h = scratch.data(), *keep_c = keep_h + H, *m = keep_h + 2 * H;
@@ -94,8 +98,10 @@ void backward_pointwise(int64_t t, int64_t B, int64_t H, const T* gates, const T
     fill_factors(row_of(keep_hidden, t, b, false), keep_h, H);
     fill_factors(row_of(keep_cell, t, b, false), keep_c, H);
     fill_factors(row_of(update_keep, t, b, true), m, H);
-    backward_row(H, i, i + H, i + 2 * H, i + 3 * H, c_prev + b * H, tanh_cell + b * H, grad_output + b * H,
-                 keep_h, keep_c, m, dh + b * H, dc + b * H, di, di + H, di + 2 * H, di + 3 * H);
+    const auto row = recurrent != nullptr ? backward_row<T, true> : backward_row<T, false>;
+    row(H, i, i + H, i + 2 * H, i + 3 * H, c_prev + b * H, tanh_cell + b * H, grad_output + b * H,
+        recurrent != nullptr ? recurrent + b * H : nullptr, keep_h, keep_c, m, dh + b * H, dc + b * H, di,
+        di + H, di + 2 * H, di + 3 * H);
   }
   });
 }
@@ -150,20 +156,25 @@ std::vector<Tensor> backward(Tensor grad_output, Tensor grad_h, Tensor grad_c, T
   Tensor dc = grad_c.clone(at::MemoryFormat::Contiguous);
   std::optional<OnednnLinear> backward_gemm;
   if (onednn) backward_gemm.emplace(weight_hh.t(), B, /*pack=*/T > 1);
+  // oneDNN's GEMM returns a new tensor: rather than adding it to dh in a pass of its own, the next step's
+  // pointwise pass reads it (`recurrent`); after the loop it is added to dh0.
+  Tensor recurrent;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "zoneout_lstm_backward", [&] {
     for (int64_t t = T - 1; t >= 0; --t) {
       Tensor dgates_t = dgates[t];
       backward_pointwise<scalar_t>(t, B, H, gates[t].data_ptr<scalar_t>(), cells[t].data_ptr<scalar_t>(),
                                    tanh_cells[t].data_ptr<scalar_t>(), grad_output[t].data_ptr<scalar_t>(),
+                                   recurrent.defined() ? recurrent.data_ptr<scalar_t>() : nullptr,
                                    dh.data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(), dgates_t.data_ptr<scalar_t>(),
                                    masks[0], masks[1], masks[2]);
       if (backward_gemm) {
-        dh.add_((*backward_gemm)(dgates_t));
+        recurrent = (*backward_gemm)(dgates_t);
       } else {
         dh.addmm_(dgates_t, weight_hh);
       }
     }
   });
+  if (recurrent.defined()) dh.add_(recurrent);
   return {dgates, dh, dc};
 }
 
