@@ -44,7 +44,6 @@ from torch import nn
 
 import zoneout.nn.fused as fused
 from zoneout.cpuinfo import cpu_model
-from zoneout.nn.fused import buffers as fused_buffers
 from zoneout.nn.fused import cpu_ext, cpu_gemm
 from zoneout.nn.gru import GRU
 from zoneout.nn.lstm import ZoneoutLSTM
@@ -289,7 +288,7 @@ def run_shape(args, device, rows, shape, peak):
         mfu = model_flops(shape) / seconds
         memory = f"{peak_bytes(steps[row], device) / 2 ** 20:,.0f} MiB"
         if row == "fused" and device.type == "cpu":  # what its pool kept from that step (buffers.py)
-            memory += f"; pool {fused_buffers.held_bytes() / 2 ** 20:,.0f} MiB"
+            memory += f"; pool {fused.buffers.held_bytes() / 2 ** 20:,.0f} MiB"
         rate = f"{1 / seconds:.2f} steps/s" if shape[0] == PMNIST else f"{shape[1] * shape[2] / seconds:,.0f} chars/s"
         table.append(f"| {label} | {row} | {rate} | {seconds * 1e3:,.0f} ms | {ratio:.2f}x | "
                      f"{memory} | {mfu / 1e9:,.1f} GFLOP/s ({100 * mfu / peak:.0f}%) |")
