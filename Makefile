@@ -58,7 +58,7 @@ test-fast: data  ## tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -q -m "not slow"
 
 smoke: data  ## a char-PTB zoneout run of a few hundred CPU steps that prints BPC
-	$(BIN)/python -m zoneout.train experiment=ptb_char/zoneout logger=csv model.hidden_size=128 dataset.train_fraction=0.2 \
+	$(BIN)/python -m zoneout.train experiment=ptb_char/zoneout logger=csv model.hidden_size=100 dataset.train_fraction=0.2 \
 		trainer.max_epochs=1 trainer.max_steps_per_epoch=300 trainer.eval_max_batches=10 trainer.eval_stream=false \
 		name=smoke/ptb_char_zoneout
 

@@ -28,7 +28,7 @@ LOCAL_SLURM = ROOT / "scripts" / "local_slurm.sh"
 # Smoke size: 6 epochs of 200 steps (about a second each here): a job interrupted after epoch 1 is still
 # mid-run when Slurm kills it (KillWait=2 s after the SIGTERM, which submitit ignores).
 EPOCHS = 6
-SMOKE = ["model.hidden_size=16", f"trainer.max_epochs={EPOCHS}", "trainer.max_steps_per_epoch=200", "trainer.eval_max_batches=2",
+SMOKE = ["model.hidden_size=25", f"trainer.max_epochs={EPOCHS}", "trainer.max_steps_per_epoch=200", "trainer.eval_max_batches=2",
          "trainer.eval_stream=false", "trainer.progress=false", "dataset.eval_batch_size=256", "trainer.threads=1",
          "device=cpu", "dataset.mirror=null"]
 TINY = [*SMOKE[:1], "trainer.max_epochs=2", "trainer.max_steps_per_epoch=5", *SMOKE[3:]]

@@ -19,7 +19,8 @@ from zoneout import checkpoint
 from zoneout.train import Diverged, train
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["logger=csv", "model.hidden_size=16", "trainer.max_epochs=2", "trainer.max_steps_per_epoch=4",
+# hidden 25: a size whose shapes the paper-scale square-block init accepts (4H x 50, 50 x H)
+TINY = ["logger=csv", "model.hidden_size=25", "trainer.max_epochs=2", "trainer.max_steps_per_epoch=4",
         "trainer.eval_max_batches=2", "trainer.eval_stream=false", "trainer.progress=false", "dataset.eval_batch_size=256"]
 
 
@@ -107,6 +108,104 @@ def test_sigkill_then_resume_matches_uninterrupted(data_dir, tmp_path):
     assert len(killed_curve) == len(full_curve) and all(map(close, killed_curve, full_curve))
 
 
+def signal_at_training_step(monkeypatch, step: int, signum: int) -> None:
+    """Send this process `signum` during training step `step` (counted over the whole run)."""
+    from zoneout import tasks
+
+    original, calls = tasks.LanguageModelingTask.step, {"n": 0}
+
+    def step_then_signal(self, model, batch, state, forward=None):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == step:
+                os.kill(os.getpid(), signum)
+        return original(self, model, batch, state, forward)
+
+    monkeypatch.setattr(tasks.LanguageModelingTask, "step", step_then_signal)
+
+
+def test_sigterm_mid_epoch_saves_the_exact_batch_and_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+    from zoneout.train import Interrupted
+
+    full = train(tiny_cfg(data_dir, "trainer.max_epochs=3"), tmp_path / "full")
+    signal_at_training_step(monkeypatch, 6, signal.SIGTERM)  # epoch 2 (4 steps an epoch), its second step
+    with pytest.raises(Interrupted, match="SIGTERM at epoch 2, step 2 of 4"):
+        train(tiny_cfg(data_dir, "trainer.max_epochs=3"), tmp_path / "split")
+    saved = checkpoint.load(tmp_path / "split" / "last.pt")
+    assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 2 and saved["partial"]["steps"] == 2
+    monkeypatch.undo()
+    resumed = train(tiny_cfg(data_dir, "trainer.max_epochs=3", "trainer.resume=true"), tmp_path / "split")
+    split, whole = read_metrics(tmp_path / "split"), read_metrics(tmp_path / "full")
+    for key in ("valid_bpc", "train_bpc", "grad_norm", "update_norm", "clip_fraction", "steps"):
+        assert [m[key] for m in split] == [m[key] for m in whole], key
+    assert resumed["test"] == full["test"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+@pytest.mark.parametrize("rule", ["grad", "update"])
+def test_both_clipping_rules_log_update_norms_and_how_often_they_clip(data_dir, tmp_path, rule):
+    train(tiny_cfg(data_dir, f"trainer.clip={rule}", "trainer.clip_grad_norm=0.05"), tmp_path)
+    for record in read_metrics(tmp_path):
+        assert record["update_norm"] > 0 and 0.0 <= record["clip_fraction"] <= 1.0
+    assert read_metrics(tmp_path)[0]["clip_fraction"] == 1.0  # a threshold of 0.05 fires at every early step
+
+
+def test_resume_refuses_another_clipping_rule(data_dir, tmp_path):
+    from zoneout.config_check import ConfigError
+
+    train(tiny_cfg(data_dir, "trainer.max_epochs=1"), tmp_path)
+    with pytest.raises(ConfigError, match="trainer.clip: 'grad', now 'update'"):
+        train(tiny_cfg(data_dir, "trainer.max_epochs=2", "trainer.resume=true", "trainer.clip=update"), tmp_path)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data_dir, tmp_path):
+    env = {**os.environ, "ZONEOUT_RUNS_DIR": str(tmp_path / "runs")}
+    args = [sys.executable, "-m", "zoneout.train", "experiment=ptb_char/zoneout", *TINY, "trainer.max_epochs=2",
+            "trainer.max_steps_per_epoch=40", "trainer.checkpoint_every_min=1e-6", f"dataset.data_dir={data_dir}",
+            "dataset.mirror=null"]
+    subprocess.run([*args, "name=full"], env=env, check=True, capture_output=True)
+    process = subprocess.Popen([*args, "name=killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_dir = tmp_path / "runs" / "paper" / "killed" / "seed0"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (killed_dir / "last.pt").exists():  # saved after every step of epoch 1: kill inside it
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    saved = checkpoint.load(killed_dir / "last.pt")
+    assert "partial" in saved and 0 < saved["partial"]["steps"] < 40, "the kill did not land inside an epoch"
+    subprocess.run([*args, "name=killed", "trainer.resume=true"], env=env, check=True, capture_output=True)
+    full = json.loads((tmp_path / "runs/paper/full/seed0/summary.json").read_text())
+    resumed = json.loads((killed_dir / "summary.json").read_text())
+    close = lambda a, b: a == pytest.approx(b, rel=1e-6, abs=0)  # see the epoch-end SIGKILL test above
+    assert close(resumed["test"], full["test"]) and close(resumed["best_valid"], full["best_valid"])
+    killed_curve = [m["train_bpc"] for m in read_metrics(killed_dir)]
+    full_curve = [m["train_bpc"] for m in read_metrics(tmp_path / "runs/paper/full/seed0")]
+    assert len(killed_curve) == len(full_curve) == 2 and all(map(close, killed_curve, full_curve))
+
+
+def test_sigint_prints_one_line_and_exits_130(data_dir, tmp_path):
+    env = {**os.environ, "ZONEOUT_RUNS_DIR": str(tmp_path / "runs")}
+    args = [sys.executable, "-m", "zoneout.train", "experiment=ptb_char/zoneout", *TINY, "trainer.max_epochs=50",
+            "trainer.max_steps_per_epoch=40", f"dataset.data_dir={data_dir}", "dataset.mirror=null", "name=ctrl_c"]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "runs" / "paper" / "ctrl_c" / "seed0"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and not (
+            (run_dir / "metrics.jsonl").exists() and read_metrics(run_dir)):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("epoch", "\r"))]
+    assert lines[-1].startswith("interrupted: SIGINT") and "trainer.resume=true" in lines[-1], stderr
+    assert "Traceback" not in stderr
+    assert checkpoint.load(run_dir / "last.pt")["epoch"] >= 1
+
+
 def corrupt_training_steps(monkeypatch, after: int, corrupt) -> dict:
     """From training step `after + 1` on (4 steps an epoch), pass each step's result through `corrupt`."""
     from zoneout import tasks
@@ -170,7 +269,7 @@ def test_resume_skips_a_finished_run_and_refuses_other_settings(data_dir, tmp_pa
     assert train(tiny_cfg(data_dir, "trainer.resume=true", "dataset.small.max_epochs=7"), tmp_path) == again
     with pytest.raises(ConfigError, match=r"trainer.resume=true: .*config.yaml was written with other settings "
                                           r"\(model.hidden_size\)"):
-        train(tiny_cfg(data_dir, "trainer.resume=true", "model.hidden_size=24"), tmp_path)
+        train(tiny_cfg(data_dir, "trainer.resume=true", "model.hidden_size=50"), tmp_path)
     (tmp_path / "summary.json").unlink()  # an interrupted run: its last.pt is checked the same way
     with pytest.raises(ConfigError, match=r"last.pt was written with other settings \(regularizer.zoneout_cell\)"):
         train(tiny_cfg(data_dir, "trainer.resume=true", "regularizer.zoneout_cell=0.25"), tmp_path)
@@ -263,7 +362,7 @@ def test_wandb_offline_run_folder_holds_config_and_metrics(data_dir, tmp_path, m
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.project == "zoneout" and run.run_group == "ptb_char/zoneout" and list(run.tags) == ["ptb_char", "lstm", "zoneout"]
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
-    assert config["regularizer"]["zoneout_cell"] == 0.5 and config["model"]["hidden_size"] == 16
+    assert config["regularizer"]["zoneout_cell"] == 0.5 and config["model"]["hidden_size"] == 25
     logged = [{"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item}
               for r in records if r.WhichOneof("record_type") == "history"]
     assert [h["valid_bpc"] for h in logged] == [m["valid_bpc"] for m in read_metrics(tmp_path)]
@@ -317,7 +416,7 @@ def test_text8_row_trains_on_generated_text8(tmp_path, monkeypatch):
     (tmp_path / "data/text8/text8").write_bytes(payload)
     cfg = compose_cfg(["experiment=text8/zoneout", *TINY, f"dataset.data_dir={tmp_path / 'data'}", "dataset.mirror=null",
                        "dataset.batch_size=8"])
-    assert (cfg.model.hidden_size, cfg.dataset.seq_len, cfg.regularizer.zoneout_cell) == (16, 180, 0.5)
+    assert (cfg.model.hidden_size, cfg.dataset.seq_len, cfg.regularizer.zoneout_cell) == (25, 180, 0.5)
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "finished" and summary["metric"] == "bpc" and summary["dataset"] == "text8"
     # 27 symbols: an untrained model sits near log2(27) = 4.75 bits; a few steps cannot be far below.

@@ -2,6 +2,7 @@
 what is allowed (train.py prints it and exits with status 2)."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def _one_of(name, value, allowed):
 
 def check_config(cfg) -> None:
     from zoneout.models.build import CELLS
+    from zoneout.models.init import INIT_SCHEMES
     from zoneout.nn.lstm import IMPLS
 
     d, m, r, o, t = cfg.dataset, cfg.model, cfg.regularizer, cfg.optim, cfg.trainer
@@ -76,7 +78,7 @@ def check_config(cfg) -> None:
     _one_of("model.input", m.input, ("onehot", "embedding"))
     if m.embedding_size is not None:
         _positive_int("model.embedding_size", m.embedding_size)
-    _one_of("model.init", m.init, ("orthogonal", "uniform", "default"))
+    _one_of("model.init", m.init, INIT_SCHEMES)
     _one_of("model.impl", m.impl, IMPLS)
     _one_of("model.nonlinearity", m.nonlinearity, ("tanh", "relu"))
     if m.cell == "bn_lstm":
@@ -99,6 +101,11 @@ def check_config(cfg) -> None:
     if t.divergence_factor is not None and (not isinstance(t.divergence_factor, (int, float)) or t.divergence_factor <= 1):
         raise ConfigError(f"trainer.divergence_factor={t.divergence_factor!r}: must be a number > 1 (times the "
                           "uniform prediction's loss) or null")
+    _one_of("trainer.clip", t.clip, ("grad", "update"))
+    cadence = t.checkpoint_every_min
+    if cadence is not None and (not isinstance(cadence, (int, float)) or isinstance(cadence, bool)
+                                or not 0 < cadence < math.inf):
+        raise ConfigError(f"trainer.checkpoint_every_min={cadence!r}: must be a number of minutes > 0 or null")
     for field in ("max_steps_per_epoch", "eval_max_batches", "threads", "bn_recalibration_batches"):
         if t[field] is not None:
             _positive_int(f"trainer.{field}", t[field])

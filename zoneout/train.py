@@ -11,8 +11,10 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,21 +89,98 @@ def divergence_threshold(cfg, classes: int) -> float:
     return cfg.trainer.divergence_factor * math.log(classes) if cfg.trainer.divergence_factor else math.inf
 
 
-def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch: int, diverged_above: float) -> dict:
+def clipped_step(optimizer, parameters: list, rule: str, threshold) -> tuple[float, float, bool]:
+    """One optimizer step under a clipping rule; returns (gradient norm, update norm, whether it clipped).
+
+    grad: the gradient rescaled to L2 norm <= threshold before the step (clip_grad_norm_).
+    update: Blocks' CompositeRule([Adam, StepClipping]), what the authors' Adam runs did (REPLICATION
+    §1.5): the whole step, already lr-scaled, rescaled to L2 norm <= threshold; the optimizer's own
+    state (Adam's moments) is what it computed from the unclipped gradient, as in Blocks.
+    Both norms are measured before any clipping, in either rule, so the two can be compared."""
+    limit = threshold or math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, limit if rule == "grad" else math.inf))
+    before = [p.detach().clone() for p in parameters]
+    optimizer.step()
+    with torch.no_grad():
+        steps = [p.detach() - old for p, old in zip(parameters, before)]
+        update_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in steps])))
+        clipped = update_norm > limit if rule == "update" else grad_norm > limit
+        if rule == "update" and clipped:
+            scale = limit / update_norm
+            for p, old, step in zip(parameters, before, steps):
+                p.copy_(old.add_(step, alpha=scale))
+    return grad_norm, update_norm, clipped
+
+
+class Interrupted(RuntimeError):
+    """SIGINT / SIGTERM arrived: the run saved where it stands and stops (resume continues it)."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(f"{signal.Signals(signum).name} {where}")
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set a flag; training checks it between steps, checkpoints
+    the exact batch and raises Interrupted. A second signal stops at once (the files are atomic)."""
+
+    def __init__(self):
+        self.received, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise SystemExit(128 + signum)
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch: int, diverged_above: float,
+                    partial: dict | None = None, save_partial=None, stop: StopSignals | None = None) -> dict:
+    """One epoch of training. `partial` is a mid-epoch checkpoint of this epoch (its sums, the position
+    and the RNG state after its last batch): training continues from the next batch as if never stopped.
+    `save_partial(progress)` writes such a checkpoint every trainer.checkpoint_every_min minutes and when
+    a stop signal arrives (then Interrupted is raised)."""
     model.train()
-    nll_sum = count = correct = steps = 0
-    grad_norm_sum, state, start = 0.0, None, time.perf_counter()
+    parameters = [p for p in model.parameters()]
+    if partial:  # this epoch's data as it was drawn at its start
+        generator.set_state(partial["data_rng_at_start"])
+    data_rng_at_start = generator.get_state()
     batches = task.train_batches(generator)  # draws this epoch's offset and order
     total = min(len(batches), cfg.trainer.max_steps_per_epoch or len(batches))
-    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not cfg.trainer.progress, leave=False, file=sys.stderr,
-               mininterval=1.0)
-    for batch in batches:
+    sums = dict(partial["sums"]) if partial else {"nll": 0.0, "count": 0, "correct": 0, "grad_norm": 0.0,
+                                                 "update_norm": 0.0, "clipped": 0, "seconds": 0.0}
+    steps, state = (partial["steps"], partial["state"]) if partial else (0, None)
+    batch_iter = iter(batches)
+    for _ in range(steps):  # the batches trained before the checkpoint
+        next(batch_iter)
+    if partial:  # the masks' and data's RNG exactly where the uninterrupted run had them
+        checkpoint.set_rng_state(partial["rng"], generator)
+    bar = tqdm(total=total, initial=steps, desc=f"epoch {epoch}", disable=not cfg.trainer.progress, leave=False,
+               file=sys.stderr, mininterval=1.0)
+    every = cfg.trainer.checkpoint_every_min
+    start = last_save = time.perf_counter()
+    seconds_before = sums["seconds"]
+
+    def progress() -> dict:
+        sums["seconds"] = seconds_before + time.perf_counter() - start
+        return {"epoch": epoch, "steps": steps, "sums": dict(sums), "state": state,
+                "data_rng_at_start": data_rng_at_start, "rng": checkpoint.rng_state(generator)}
+
+    for batch in batch_iter:
         if steps >= total:
             break
         # Weight noise runs the model on perturbed copies of its weight matrices (fresh per minibatch).
         forward = (lambda *args: weight_noise.forward(model, *args)) if weight_noise else None
         result = task.step(model, batch, state, forward)
-        state = result.state
         loss = result.loss
         if cfg.trainer.loss_sum_over_time:  # Zaremba et al.: summed over the BPTT window, mean over batch
             loss = loss * result.hidden.shape[0]
@@ -114,20 +193,32 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
                            f"is above {diverged_above:.4g}, trainer.divergence_factor x the uniform prediction's loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = cfg.trainer.clip_grad_norm or float("inf")
-        grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        optimizer.step()
-        nll_sum, count, correct = nll_sum + result.nll_sum, count + result.count, correct + result.correct
+        grad_norm, update_norm, clipped = clipped_step(optimizer, parameters, cfg.trainer.clip, cfg.trainer.clip_grad_norm)
+        state = result.state
+        for key, value in (("nll", result.nll_sum), ("count", result.count), ("correct", result.correct),
+                           ("grad_norm", grad_norm), ("update_norm", update_norm), ("clipped", int(clipped))):
+            sums[key] += value
         steps += 1
         bar.update()
         if steps % 10 == 0 or steps == total:
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{nll_sum / count:.3f}", **{task.metric: f"{metric_from(task.metric, nll_sum, count, correct):.3f}"},
-                            tok_s=f"{steps * task.tokens_per_step / elapsed:,.0f}")
+            bar.set_postfix(loss=f"{sums['nll'] / sums['count']:.3f}",
+                            **{task.metric: f"{metric_from(task.metric, sums['nll'], sums['count'], sums['correct']):.3f}"},
+                            tok_s=f"{(steps - (partial or {}).get('steps', 0)) * task.tokens_per_step / elapsed:,.0f}")
+        if save_partial is not None and steps < total:
+            if stop is not None and stop.received is not None:
+                save_partial(progress())
+                raise Interrupted(stop.received, f"at epoch {epoch}, step {steps} of {total}")
+            if every and time.perf_counter() - last_save >= every * 60:
+                save_partial(progress())
+                last_save = time.perf_counter()
     bar.close()
-    seconds = time.perf_counter() - start
-    return {"train_loss": nll_sum / max(count, 1), f"train_{task.metric}": metric_from(task.metric, nll_sum, count, correct),
-            "grad_norm": grad_norm_sum / max(steps, 1), "tokens_per_s": steps * task.tokens_per_step / seconds,
+    seconds = seconds_before + time.perf_counter() - start
+    count, done = max(sums["count"], 1), max(steps, 1)
+    return {"train_loss": sums["nll"] / count,
+            f"train_{task.metric}": metric_from(task.metric, sums["nll"], sums["count"], sums["correct"]),
+            "grad_norm": sums["grad_norm"] / done, "update_norm": sums["update_norm"] / done,
+            "clip_fraction": sums["clipped"] / done, "tokens_per_s": steps * task.tokens_per_step / seconds,
             "train_seconds": seconds, "steps": steps}
 
 
@@ -140,9 +231,21 @@ DATASET_LOCATION = ("data_dir", "mirror")
 SCALE_BLOCKS = tuple(path.stem for path in (Path(__file__).resolve().parent.parent / "configs" / "scale").glob("*.yaml"))
 
 
+# Trainer settings that change what is trained: refused on resume like the groups above. A run saved
+# before a setting existed ran with the value given here.
+TRAINING_DEFINING = {"clip": "grad", "clip_grad_norm": None, "loss_sum_over_time": False, "max_steps_per_epoch": None,
+                     "eval_max_batches": None}
+
+
 def check_same_run(saved: dict | None, current: dict, path: Path) -> None:
     if saved is None:
         return
+    saved_trainer, current_trainer = saved.get("trainer") or {}, current.get("trainer") or {}
+    for key, default in TRAINING_DEFINING.items():
+        old, new = saved_trainer.get(key, default), current_trainer.get(key, default)
+        if old != new:
+            raise ConfigError(f"trainer.resume=true: {path} was written with other settings (trainer.{key}: {old!r}, "
+                              f"now {new!r}); pass the same overrides, or remove that run folder to start afresh")
     for key in RUN_DEFINING + ("dataset",):
         old, new = saved.get(key), current.get(key)
         if key == "dataset" and isinstance(old, dict) and isinstance(new, dict):
@@ -211,6 +314,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if done is not None:
         print(f"{cfg.name} seed {cfg.seed}: already finished ({summary_path}); skipped", file=sys.stderr)
         return done
+    partial = None  # a checkpoint taken inside an epoch: that epoch continues from its next batch
     if cfg.trainer.resume and last_path.exists():
         state = checkpoint.load(last_path)
         check_same_run(state["config"], config_dict, last_path)
@@ -218,8 +322,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"], generator)
         start_epoch, best, bad_epochs, history = state["epoch"] + 1, state["best"], state["bad_epochs"], state["history"]
-        resumed_from = state["epoch"]
-        print(f"resuming {cfg.name} from epoch {state['epoch']} ({last_path})", file=sys.stderr)
+        resumed_from, partial = state["epoch"], state.get("partial")
+        where = f"epoch {partial['epoch']}, step {partial['steps']}" if partial else f"the end of epoch {state['epoch']}"
+        print(f"resuming {cfg.name} from {where} ({last_path})", file=sys.stderr)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     logger = build_logger(cfg, run_dir, history, config_dict)
@@ -229,13 +334,28 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if resumed_from is not None:
         summary["resumed_from_epoch"] = resumed_from  # this process continued from last.pt (e.g. a requeued job)
     wall_start = time.perf_counter()
+
+    def last_checkpoint(epoch: int, partial_progress: dict | None = None) -> dict:
+        """last.pt: everything to continue after `epoch` (completed), or from inside the next one."""
+        saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "rng": checkpoint.rng_state(generator), "epoch": epoch, "best": best,
+                 "bad_epochs": bad_epochs, "history": history, "config": config_dict}
+        if partial_progress is not None:
+            saved["partial"] = partial_progress
+        return saved
+
+    stop = StopSignals()
     try:
+        stop.__enter__()
         epoch = start_epoch - 1
         for epoch in range(start_epoch, cfg.trainer.max_epochs + 1):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.optim, epoch)
             record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            record.update(train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch, diverged_above))
+            save_partial = lambda progress, done=epoch - 1: checkpoint.save(last_path, last_checkpoint(done, progress))
+            record.update(train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch, diverged_above,
+                                          partial if partial and partial["epoch"] == epoch else None, save_partial, stop))
+            partial = None
             eval_start = time.perf_counter()
             if cfg.trainer.bn_recalibration_batches:  # null: the training-time EMA, as the paper's code
                 # best.pt keeps the statistics it was validated with
@@ -254,12 +374,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             history.append(record)
             # The checkpoint (holding the history) is written before the metrics files, so a kill
             # between the two is repaired on resume, which rewrites metrics.jsonl from it.
-            checkpoint.save(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "rng": checkpoint.rng_state(generator), "epoch": epoch, "best": best,
-                                        "bad_epochs": bad_epochs, "history": history, "config": config_dict})
+            checkpoint.save(last_path, last_checkpoint(epoch))
             logger.log_epoch(record)
             print(f"epoch {epoch}: train {task.metric} {record[f'train_{task.metric}']:.4f}  valid {task.metric} "
                   f"{valid_metric:.4f}  {record['tokens_per_s']:,.0f} tok/s  {record['train_seconds']:.1f}s", file=sys.stderr)
+            if stop.received is not None:
+                raise Interrupted(stop.received, f"after epoch {epoch}")
             if bad_epochs >= cfg.trainer.patience:
                 print(f"early stopping: no better valid {task.metric} for {bad_epochs} epochs", file=sys.stderr)
                 break
@@ -283,6 +403,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         logger.log_summary(summary)
         raise
     finally:
+        stop.__exit__()
         logger.finish()
 
 
@@ -326,6 +447,10 @@ def hydra_entry(cfg: DictConfig) -> None:
         job_failed(run_dir, str(error), 2, multirun)
     except Diverged as error:
         job_failed(run_dir, f"training diverged ({error}); the last good checkpoint is {run_dir / 'last.pt'}", 3, multirun)
+    except Interrupted as error:
+        print(f"interrupted: {error}; saved to {run_dir / 'last.pt'}; continue with the same command and "
+              "trainer.resume=true", file=sys.stderr, flush=True)
+        sys.exit(128 + error.signum)
     except Exception as error:  # data errors and the like: one line, not a traceback
         from zoneout.data import DataError
 

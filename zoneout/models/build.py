@@ -77,5 +77,8 @@ def build_model(model_cfg, reg, input_vocab: int | None, num_outputs: int, max_l
         dropout = SequenceDropout(reg.dropout, variational=reg.variational_dropout) if reg.dropout else None
         embedding = model_cfg.embedding_size if model_cfg.input == "embedding" else None
         model = LanguageModel(input_vocab, layers, hidden, embedding, dropout)
-    initialize(model, cell, model_cfg.init, model_cfg.init_range, model_cfg.forget_bias)
+    try:
+        initialize(model, cell, model_cfg.init, model_cfg.init_range, model_cfg.forget_bias)
+    except ValueError as error:  # a scheme that does not fit these shapes: one line, not a traceback
+        raise ModelConfigError(str(error)) from None
     return model
