@@ -154,7 +154,7 @@ def test_resume_refuses_another_clipping_rule(data_dir, tmp_path):
     from zoneout.config_check import ConfigError
 
     train(tiny_cfg(data_dir, "trainer.max_epochs=1"), tmp_path)
-    with pytest.raises(ConfigError, match="trainer.clip: 'grad', now 'update'"):
+    with pytest.raises(ConfigError, match=r"\(trainer.clip: 'grad', now 'update'\)"):
         train(tiny_cfg(data_dir, "trainer.max_epochs=2", "trainer.resume=true", "trainer.clip=update"), tmp_path)
 
 
@@ -268,10 +268,10 @@ def test_resume_skips_a_finished_run_and_refuses_other_settings(data_dir, tmp_pa
     # A scale's epoch cap raised in the dataset config (small's 100 -> 200) is no other experiment.
     assert train(tiny_cfg(data_dir, "trainer.resume=true", "dataset.small.max_epochs=7"), tmp_path) == again
     with pytest.raises(ConfigError, match=r"trainer.resume=true: .*config.yaml was written with other settings "
-                                          r"\(model.hidden_size\)"):
+                                          r"\(model.hidden_size: 25, now 50\)"):
         train(tiny_cfg(data_dir, "trainer.resume=true", "model.hidden_size=50"), tmp_path)
     (tmp_path / "summary.json").unlink()  # an interrupted run: its last.pt is checked the same way
-    with pytest.raises(ConfigError, match=r"last.pt was written with other settings \(regularizer.zoneout_cell\)"):
+    with pytest.raises(ConfigError, match=r"last.pt was written with other settings \(regularizer.zoneout_cell: 0.5, now 0.25\)"):
         train(tiny_cfg(data_dir, "trainer.resume=true", "regularizer.zoneout_cell=0.25"), tmp_path)
     assert (tmp_path / "metrics.jsonl").read_text() == metrics_before  # refused before anything was written
 

@@ -32,6 +32,7 @@ from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
 from zoneout.nn.bn_lstm import recalibrate_population
 from zoneout.regularizers import WeightNoise, norm_stabilizer_penalty
+from zoneout.run_identity import first_difference
 from zoneout.tasks import build_task, metric_from
 
 
@@ -222,39 +223,11 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
             "train_seconds": seconds, "steps": steps}
 
 
-# What defines a run: resuming it with any of these changed would splice two different experiments.
-# Trainer knobs (max_epochs, patience, threads, ...) may change: extending a finished run is legitimate.
-RUN_DEFINING = ("model", "regularizer", "optim", "seed", "scale_name")
-DATASET_LOCATION = ("data_dir", "mirror")
-# A dataset's per-scale blocks (quick:, small:) hold the sizes a scale applies; what they set is compared
-# where it lands (model.hidden_size, dataset.train_fraction), and their epoch cap may change like trainer's.
-SCALE_BLOCKS = tuple(path.stem for path in (Path(__file__).resolve().parent.parent / "configs" / "scale").glob("*.yaml"))
-
-
-# Trainer settings that change what is trained: refused on resume like the groups above. A run saved
-# before a setting existed ran with the value given here.
-TRAINING_DEFINING = {"clip": "grad", "clip_grad_norm": None, "loss_sum_over_time": False, "max_steps_per_epoch": None,
-                     "eval_max_batches": None}
-
-
 def check_same_run(saved: dict | None, current: dict, path: Path) -> None:
-    if saved is None:
-        return
-    saved_trainer, current_trainer = saved.get("trainer") or {}, current.get("trainer") or {}
-    for key, default in TRAINING_DEFINING.items():
-        old, new = saved_trainer.get(key, default), current_trainer.get(key, default)
-        if old != new:
-            raise ConfigError(f"trainer.resume=true: {path} was written with other settings (trainer.{key}: {old!r}, "
-                              f"now {new!r}); pass the same overrides, or remove that run folder to start afresh")
-    for key in RUN_DEFINING + ("dataset",):
-        old, new = saved.get(key), current.get(key)
-        if key == "dataset" and isinstance(old, dict) and isinstance(new, dict):
-            old, new = ({k: v for k, v in d.items() if k not in DATASET_LOCATION + SCALE_BLOCKS} for d in (old, new))
-        if old != new:
-            changed = key if not isinstance(old, dict) else next(
-                f"{key}.{k}" for k in sorted(set(old) | set(new or {})) if old.get(k) != (new or {}).get(k))
-            raise ConfigError(f"trainer.resume=true: {path} was written with other settings ({changed}); "
-                              "pass the same overrides, or remove that run folder to start afresh")
+    difference = first_difference(saved, current) if saved is not None else None
+    if difference is not None:
+        raise ConfigError(f"trainer.resume=true: {path} was written with other settings ({difference}); "
+                          "pass the same overrides, or remove that run folder to start afresh")
 
 
 def finished_run(cfg, run_dir: Path, config_dict: dict) -> dict | None:
