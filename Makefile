@@ -28,7 +28,7 @@ TABLE_fig3 := fig3_zoneout_grid
 TABLE_gru-rnn := text_gru_rnn
 TABLES := ptb-char ptb-word text8 pmnist fig3 gru-rnn
 
-.PHONY: evidence help install install-slurm slurm-vs-sequential data data-text8 test test-fast smoke bench \
+.PHONY: evidence paper-trajectory help install install-slurm slurm-vs-sequential data data-text8 test test-fast smoke bench \
 	replicate-gradient-flow replicate-semantic-consistency replicate-seq2seq-addition $(addprefix replicate-,$(TABLES)) clean
 
 help:  ## list the targets
@@ -56,6 +56,9 @@ test: data  ## the whole test suite (what CI runs)
 
 test-fast: data  ## tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -q -m "not slow"
+
+paper-trajectory: install  ## char-PTB at paper scale: our valid BPC per epoch beside the authors' log (results/paper/)
+	$(BIN)/python scripts/paper_trajectory.py --keep
 
 smoke: data  ## a char-PTB zoneout run of a few hundred CPU steps that prints BPC
 	$(BIN)/python -m zoneout.train experiment=ptb_char/zoneout logger=csv model.hidden_size=100 dataset.train_fraction=0.2 \

@@ -46,3 +46,13 @@ def _no_network(monkeypatch):
         raise URLError(f"network access is disabled in tests ({url})")
 
     monkeypatch.setattr(download, "urlopen", refuse)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, shared_data):
+    """char-PTB prepared once per session in a folder of its own (end-to-end training tests)."""
+    from zoneout.data import prepare
+
+    folder = tmp_path_factory.mktemp("data")
+    prepare("ptb_char", folder, mirror=shared_data)
+    return folder

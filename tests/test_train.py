@@ -24,15 +24,6 @@ TINY = ["logger=csv", "model.hidden_size=25", "trainer.max_epochs=2", "trainer.m
         "trainer.eval_max_batches=2", "trainer.eval_stream=false", "trainer.progress=false", "dataset.eval_batch_size=256"]
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory, shared_data):
-    from zoneout.data import prepare
-
-    folder = tmp_path_factory.mktemp("data")
-    prepare("ptb_char", folder, mirror=shared_data)
-    return folder
-
-
 def compose_cfg(overrides):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -285,6 +276,21 @@ def test_resume_skips_a_finished_run_and_refuses_other_settings(data_dir, tmp_pa
     ("optim.lr=-1", "optim.lr"),
     ("trainer.divergence_factor=0.5", "trainer.divergence_factor"),
     ("scale=small ~dataset.small", "scale=small"),
+    ("name=../../../../escape", "name="),
+    ("optim.lr_decay=inf", "optim.lr_decay"),
+    ("optim.lr=nan", "optim.lr"),
+    ("optim.betas=[2,3]", "optim.betas"),
+    ("optim.eps=-1", "optim.eps"),
+    ("optim.weight_decay=-5", "optim.weight_decay"),
+    ("regularizer.weight_noise=inf", "regularizer.weight_noise"),
+    ("optim.decay_start_epoch=abc", "optim.decay_start_epoch"),
+    ("trainer.clip_grad_norm=nan", "trainer.clip_grad_norm"),
+    ("trainer.divergence_factor=inf", "trainer.divergence_factor"),
+    ("trainer.max_epoch=3", "did you mean trainer.max_epochs?"),
+    ("dataset.seq_len=100000", "dataset.seq_len"),
+    ("dataset.batch_size=10000000", "dataset.batch_size"),
+    ("trainer.clip=sometimes", "trainer.clip"),
+    ("trainer.checkpoint_every_min=0", "trainer.checkpoint_every_min"),
 ])
 def test_bad_config_is_one_line_error(override, field, tmp_path):
     env = {**os.environ, "ZONEOUT_RUNS_DIR": str(tmp_path)}
@@ -293,7 +299,8 @@ def test_bad_config_is_one_line_error(override, field, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and field in lines[0] and "Traceback" not in result.stderr
-    assert not list(tmp_path.rglob("*.pt")), "nothing may be written for a config that fails its checks"
+    assert not list(tmp_path.rglob("*")), "nothing may be written for a config that fails its checks"
+    assert not (ROOT.parent / "escape").exists()
 
 
 def test_bad_bn_settings_name_the_field():

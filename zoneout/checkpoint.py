@@ -1,8 +1,11 @@
 """Checkpoints are plain dicts of state_dicts, tensors and numbers (no pickled objects), written
 atomically (zoneout/atomic.py): a kill at any moment leaves either the previous checkpoint or the
-new one, never half of one."""
+new one, never half of one. Each ends with a SHA-256 of its payload, so a file damaged afterwards
+(a bad disk, a stray write, a partial copy) is refused with one line naming it, never trusted."""
 from __future__ import annotations
 
+import hashlib
+import io
 import random
 from pathlib import Path
 
@@ -11,13 +14,37 @@ import torch
 
 from zoneout.atomic import atomic_write_bytes
 
+TRAILER = b"\nzoneout-sha256:"  # then 64 hex digits; files without it (older checkpoints) load unchecked
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted: its message is the one line to show."""
+
 
 def save(path: Path, state: dict) -> None:
-    atomic_write_bytes(path, lambda handle: torch.save(state, handle))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    atomic_write_bytes(path, lambda handle: (handle.write(payload), handle.write(TRAILER + digest)))
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror})") from None
+    payload, tail = data, len(TRAILER) + 64
+    if data[-tail:-64] == TRAILER:
+        payload = data[:-tail]
+        if hashlib.sha256(payload).hexdigest().encode() != data[-64:]:
+            raise CheckpointError(f"{path}: corrupt (its SHA-256 does not match its contents); restore it, "
+                                  "or remove the run folder to start that run afresh")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated or foreign files: whatever torch raises, one line naming the file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}); restore it, or remove "
+                              "the run folder to start that run afresh") from None
 
 
 def rng_state(data_generator: torch.Generator) -> dict:

@@ -55,6 +55,25 @@ class LanguageModelingTask:
         self.splits = {"valid": corpus.valid, "test": corpus.test}
         self.vocab_size = corpus.vocab_size
         self.tokens_per_step = self.batch_size * self.seq_len
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """A batch or sequence so large that an epoch is one or two steps (or none): refused, never trained."""
+        from zoneout.config_check import ConfigError
+
+        stream, length, batch = len(self.train_stream), self.seq_len, self.batch_size
+        if self.loader == "stream":
+            windows = (stream // batch - 1) // length
+            if windows < 2:
+                raise ConfigError(f"dataset.batch_size={batch} with dataset.seq_len={length}: the training stream "
+                                  f"({stream:,} tokens) gives {windows} window(s) an epoch, fewer than 2; lower one of them")
+        elif (stream - length + 1) // length < 2 * batch:  # the random offset may cost one sequence
+            raise ConfigError(f"dataset.batch_size={batch} with dataset.seq_len={length}: the training stream "
+                              f"({stream:,} tokens) holds {max((stream - length + 1) // length, 0):,} sequences, fewer "
+                              "than two batches; lower one of them (or raise dataset.train_fraction)")
+        for split, data in self.splits.items():
+            if len(data) < length + 1:
+                raise ConfigError(f"dataset.seq_len={length}: longer than the {split} split ({len(data):,} tokens)")
 
     def train_batches(self, generator: torch.Generator) -> Iterable:
         if self.loader == "stream":

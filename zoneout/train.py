@@ -26,12 +26,14 @@ from tqdm import tqdm
 from zoneout import checkpoint
 from zoneout.atomic import atomic_write_text
 from zoneout.stopping import stopped_for_good
-from zoneout.config_check import ConfigError, check_config, check_group_overrides, fail
+from zoneout.config_check import ConfigError, check_command_line, check_config, check_group_overrides, fail
 from zoneout.cpuinfo import cpu_model
 from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
 from zoneout.nn.bn_lstm import recalibrate_population
 from zoneout.regularizers import WeightNoise, norm_stabilizer_penalty
+from zoneout.run_folder import (RunFolderError, RunFolderLock, existing_run, move_aside, remove_if_untouched,
+                                 remove_stale_temp_files)
 from zoneout.run_identity import first_difference
 from zoneout.tasks import build_task, metric_from
 
@@ -236,11 +238,19 @@ def finished_run(cfg, run_dir: Path, config_dict: dict) -> dict | None:
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
     if not summary_path.exists():
         return None
-    done = json.loads(summary_path.read_text())
+    try:
+        done = json.loads(summary_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"{summary_path}: unreadable ({type(error).__name__}); remove it and resume: last.pt "
+                             "holds the run, and finishing it rewrites the summary") from None
     if not stopped_for_good(done, cfg.trainer.max_epochs, cfg.trainer.patience):
         return None
-    check_same_run(OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.exists() else None,
-                   config_dict, config_path)
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.exists() else None
+    except Exception as error:  # OmegaConf/YAML raise many types; any of them is one line naming the file
+        raise RunFolderError(f"{config_path}: unreadable ({type(error).__name__}); restore it, or remove the run "
+                             "folder to start that run afresh") from None
+    check_same_run(saved, config_dict, config_path)
     return done
 
 
@@ -267,6 +277,27 @@ def git_commit(root: Path = Path(__file__).resolve().parent.parent) -> str:
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     check_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunFolderLock(run_dir):  # one process per run folder; released if this one dies
+        for stale in remove_stale_temp_files(run_dir):
+            print(f"removed {stale.name}, the temp file of a write a kill interrupted", file=sys.stderr)
+        if not cfg.trainer.resume:
+            claim_run_folder(cfg, run_dir)
+        return train_in(cfg, run_dir)
+
+
+def claim_run_folder(cfg, run_dir: Path) -> None:
+    """A fresh run never writes over another: it refuses, or (trainer.overwrite) moves the old run aside."""
+    existing = existing_run(run_dir)
+    if existing is None:
+        return
+    if not cfg.trainer.overwrite:
+        raise RunFolderError(f"{run_dir} already holds {existing}; continue it with trainer.resume=true, or start "
+                             "afresh with trainer.overwrite=true (the old run is moved to a .replaced-<time> folder)")
+    print(f"trainer.overwrite=true: the run that was in {run_dir} moved to {move_aside(run_dir)}", file=sys.stderr)
+
+
+def train_in(cfg: DictConfig, run_dir: Path) -> dict:
+    """The run itself, once train() owns the folder."""
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     if cfg.trainer.threads:
@@ -298,7 +329,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         resumed_from, partial = state["epoch"], state.get("partial")
         where = f"epoch {partial['epoch']}, step {partial['steps']}" if partial else f"the end of epoch {state['epoch']}"
         print(f"resuming {cfg.name} from {where} ({last_path})", file=sys.stderr)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if bad_epochs >= cfg.trainer.patience:  # early stopping had ended it; only its finishing was cut short
+            start_epoch = cfg.trainer.max_epochs + 1
+    if resumed_from is None or not (run_dir / "config.yaml").exists():  # a resume keeps the settings it began with
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     logger = build_logger(cfg, run_dir, history, config_dict)
     summary = {"name": cfg.name, "dataset": cfg.dataset.name, "model": cfg.model.cell, "regularizer": cfg.regularizer.name,
@@ -324,7 +358,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         for epoch in range(start_epoch, cfg.trainer.max_epochs + 1):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.optim, epoch)
-            record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            # Where each epoch ran, in its own record: a resumed run's epochs may come from other commits or machines.
+            record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "commit": summary["commit"],
+                      "device": summary["device"]}
             save_partial = lambda progress, done=epoch - 1: checkpoint.save(last_path, last_checkpoint(done, progress))
             record.update(train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch, diverged_above,
                                           partial if partial and partial["epoch"] == epoch else None, save_partial, stop))
@@ -392,8 +428,11 @@ def slurm_requeued() -> bool:
     return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
 
 
-def job_failed(run_dir: Path, message: str, status: int, multirun: bool) -> None:
-    atomic_write_text(run_dir / ERROR_FILE, message + "\n")
+def job_failed(run_dir: Path, message: str, status: int, multirun: bool, record: bool = True) -> None:
+    """record=False: the folder is not this job's to write (another process holds it)."""
+    runs_root = Path(os.environ.get("ZONEOUT_RUNS_DIR", "runs"))
+    if record and not (status == 2 and not multirun and remove_if_untouched(run_dir, runs_root)):
+        atomic_write_text(run_dir / ERROR_FILE, message + "\n")
     if multirun:
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise JobFailed(message)
@@ -416,8 +455,10 @@ def hydra_entry(cfg: DictConfig) -> None:
             cfg.trainer.resume = True
     try:
         train(cfg, run_dir)
-    except (ConfigError, ModelConfigError) as error:
+    except (ConfigError, ModelConfigError, checkpoint.CheckpointError) as error:
         job_failed(run_dir, str(error), 2, multirun)
+    except RunFolderError as error:
+        job_failed(run_dir, str(error), 2, multirun, record="in use by another process" not in str(error))
     except Diverged as error:
         job_failed(run_dir, f"training diverged ({error}); the last good checkpoint is {run_dir / 'last.pt'}", 3, multirun)
     except Interrupted as error:
@@ -440,6 +481,7 @@ def main() -> None:
     sys.argv = [a.replace("+experiment=", "experiment=", 1) if a.startswith("+experiment=") else a for a in sys.argv]
     try:
         check_group_overrides(sys.argv[1:])
+        check_command_line(sys.argv[1:])
     except ConfigError as error:
         fail(str(error))
     hydra_entry()

@@ -13,6 +13,7 @@ data, keyed on the checksums of the source files.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ END_OF_LINE = "\n"
 END_OF_SENTENCE = "<eos>"
 TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 SPLITS = ("train", "valid", "test")
-CACHE_FORMAT = 1  # bump when the tokenization changes, so stale caches are ignored
+CACHE_FORMAT = 2  # bump when the tokenization changes, so stale caches are ignored
 
 
 @dataclass
@@ -148,6 +149,15 @@ def _compact(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return ids.to(dtype)
 
 
+def _content_digest(state: dict) -> str:
+    """SHA-256 of a cache's token ids and vocabulary: a cache overwritten after it was written is caught."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        digest.update(state[split].numpy().tobytes())
+    digest.update("\0".join(state["vocab"]).encode())
+    return digest.hexdigest()
+
+
 def load_corpus(name: str, data_dir, mirror=None) -> Corpus:
     """prepare() the dataset, then load it, from a .pt cache when the sources are unchanged."""
     if name not in TEXT_DATASETS:
@@ -160,13 +170,16 @@ def load_corpus(name: str, data_dir, mirror=None) -> Corpus:
     if cache.exists():
         try:
             state = torch.load(cache, weights_only=True)
-            if state.get("key") == key:
+            if state.get("key") == key and state.get("content") == _content_digest(state):
                 return Corpus(*(state[split].long() for split in SPLITS), vocab=list(state["vocab"]))
+            print(f"{cache}: its contents do not match the digest it was written with; rebuilt from the verified "
+                  "sources", file=sys.stderr)
         except Exception:  # an unreadable cache is rebuilt, never trusted
             pass
     corpus = _load_prepared(name, folder)
     state = {split: _compact(corpus.split(split), corpus.vocab_size) for split in SPLITS}
     state.update(key=key, vocab=corpus.vocab)
+    state["content"] = _content_digest(state)
     for stale in folder.glob(f"{name}.corpus-*.pt"):  # caches of older sources or formats
         if stale != cache:
             stale.unlink(missing_ok=True)

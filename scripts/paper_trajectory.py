@@ -1,0 +1,175 @@
+"""Char-PTB at paper scale, epoch by epoch beside the authors' own training log.
+
+    python scripts/paper_trajectory.py [--keep]      (make paper-trajectory)
+
+Reads every run folder ptb_char/<row>_clip-<rule>/seed<N> of experiments/reference/paper_trajectory_ptb_char.yaml
+under $ZONEOUT_RUNS_DIR/paper (runs/paper by default) and under results/paper/runs (the committed copies;
+a live folder wins over its copy), and writes results/paper/ptb_char_trajectory.{csv,md,png}: our
+validation BPC per epoch finished so far, beside the authors' logged dev_bpr for the same epoch.
+--keep first copies each live run's small files (metrics.jsonl, config.yaml, summary.json; never
+checkpoints) to results/paper/runs/, so a checkout without the run folders keeps what was reached.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from zoneout.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+SPEC = ROOT / "experiments" / "reference" / "paper_trajectory_ptb_char.yaml"
+KEPT_FILES = ("metrics.jsonl", "config.yaml", "summary.json")
+CSV_HEADER = ["row", "clip", "seed", "epoch", "valid_bpc", "authors_valid_bpc"]
+
+
+class TrajectoryError(ValueError):
+    pass
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("ZONEOUT_RESULTS_DIR", ROOT / "results")) / "paper"
+
+
+def live_runs_dir() -> Path:
+    return Path(os.environ.get("ZONEOUT_RUNS_DIR", ROOT / "runs")) / "paper"
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as error:
+        raise TrajectoryError(f"{path}: unreadable ({error}); restore it from the run's last.pt by resuming, or remove that run") from None
+
+
+def authors_log(spec: dict) -> dict[int, dict]:
+    with open(ROOT / spec["authors_log"], newline="") as handle:
+        return {int(row["epoch"]): row for row in csv.DictReader(handle)}
+
+
+def find_runs(spec: dict) -> dict[tuple[str, str, int], Path]:
+    """(row, rule, seed) -> its folder, the live run folder preferred over its committed copy."""
+    found = {}
+    for root in (results_dir() / "runs", live_runs_dir()):  # later roots win
+        for row in spec["rows"]:
+            for rule in spec["clips"]:
+                for folder in sorted((root / "ptb_char" / f"{row}_clip-{rule}").glob("seed*")):
+                    if (folder / "metrics.jsonl").exists() and read_json_lines(folder / "metrics.jsonl"):
+                        found[(row, rule, int(folder.name.removeprefix("seed")))] = folder
+    return found
+
+
+def keep(runs: dict, kept_root: Path) -> None:
+    for (row, rule, seed), folder in runs.items():
+        target = kept_root / "ptb_char" / f"{row}_clip-{rule}" / f"seed{seed}"
+        if folder.resolve() == target.resolve():
+            continue
+        for name in KEPT_FILES:
+            if (folder / name).exists():
+                data = (folder / name).read_bytes()
+                atomic_write_bytes(target / name, lambda handle, data=data: handle.write(data))
+
+
+def trajectory(spec: dict, runs: dict) -> tuple[list[dict], dict]:
+    authors = authors_log(spec)
+    lines, records = [], {}
+    for (row, rule, seed), folder in sorted(runs.items()):
+        metrics = read_json_lines(folder / "metrics.jsonl")
+        records[(row, rule, seed)] = metrics
+        for record in metrics:
+            theirs = authors.get(record["epoch"]) if row == spec["authors_row"] else None
+            lines.append({"row": row, "clip": rule, "seed": seed, "epoch": record["epoch"],
+                          "valid_bpc": f"{record['valid_bpc']:.4f}",
+                          "authors_valid_bpc": f"{float(theirs['dev_bpr']):.4f}" if theirs else ""})
+    return lines, records
+
+
+def render_markdown(spec: dict, records: dict) -> str:
+    authors = authors_log(spec)
+    out = [f"# {spec['title']}", "",
+           "Ours: `valid_bpc` (mean NLL / ln 2 over 100-character validation chunks from the zero state, "
+           "expectation masks) and training BPC with zoneout noise on, per finished epoch. Authors: "
+           f"`dev_bpr` and `train_cost_train` / ln 2 of their committed run (`{spec['authors_log']}`, source "
+           f"in `{SPEC.relative_to(ROOT)}`). Paper (Table 1): "
+           + ", ".join(f"{row} {v['valid']} valid / {v['test']} test" for row, v in spec["paper"].items()) + ".", ""]
+    for (row, rule, seed), metrics in records.items():
+        best = min(metrics, key=lambda m: m["valid_bpc"])
+        out += [f"## {row}, trainer.clip={rule}, seed {seed}: best valid {best['valid_bpc']:.4f} at epoch "
+                f"{best['epoch']} of {len(metrics)}", "",
+                "| epoch | valid BPC | authors' valid | ours − theirs | train BPC | authors' train | update norm "
+                "| clipped steps | train min | commit | device |", "|" + "---|" * 11]
+        for m in metrics:
+            theirs = authors.get(m["epoch"]) if row == spec["authors_row"] else None
+            their_valid = float(theirs["dev_bpr"]) if theirs else None
+            their_train = float(theirs["train_cost_train"]) / 0.6931471805599453 if theirs else None
+            cells = [m["epoch"], f"{m['valid_bpc']:.4f}", f"{their_valid:.4f}" if theirs else "",
+                     f"{m['valid_bpc'] - their_valid:+.4f}" if theirs else "", f"{m['train_bpc']:.4f}",
+                     f"{their_train:.4f}" if theirs else "", f"{m['update_norm']:.3f}" if "update_norm" in m else "",
+                     f"{100 * m['clip_fraction']:.1f} %" if "clip_fraction" in m else "",
+                     f"{m['train_seconds'] / 60:.1f}", m.get("commit", ""), m.get("device", "")]
+            out.append("| " + " | ".join(map(str, cells)) + " |")
+        out.append("")
+    if not records:
+        out.append("No paper-scale run has finished an epoch yet.")
+    return "\n".join(out) + "\n"
+
+
+def plot(spec: dict, records: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    authors = authors_log(spec)
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    epochs = sorted(authors)
+    axis.plot(epochs, [float(authors[e]["dev_bpr"]) for e in epochs], color="black", label=f"authors' log ({spec['authors_row']})")
+    for (row, rule, seed), metrics in records.items():
+        axis.plot([m["epoch"] for m in metrics], [m["valid_bpc"] for m in metrics], marker="o", markersize=3,
+                  label=f"ours: {row}, clip={rule}, seed {seed}")
+    for row, values in spec["paper"].items():
+        axis.axhline(values["valid"], linestyle=":", linewidth=1, color="grey")
+        axis.annotate(f"paper {row} valid {values['valid']}", (epochs[-1], values["valid"]), fontsize=7, ha="right", va="bottom")
+    axis.set(xlabel="epoch", ylabel="validation BPC", title="char-PTB, paper scale (1x1000 LSTM)")
+    axis.legend(fontsize=7)
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="copy live runs' metrics/config/summary to results/paper/runs first")
+    args = parser.parse_args(argv)
+    spec = yaml.safe_load(SPEC.read_text())
+    try:
+        runs = find_runs(spec)
+        if args.keep:
+            keep(runs, results_dir() / "runs")
+        lines, records = trajectory(spec, runs)
+    except TrajectoryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = results_dir()
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_HEADER, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(lines)
+    atomic_write_text(out / "ptb_char_trajectory.csv", text.getvalue())
+    markdown = render_markdown(spec, records)
+    atomic_write_text(out / "ptb_char_trajectory.md", markdown)
+    plot(spec, records, out / "ptb_char_trajectory.png")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""scripts/paper_trajectory.py on run folders it makes, and the authors' log it compares against."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import paper_trajectory  # noqa: E402
+
+
+def test_the_authors_log_is_the_one_the_spec_quotes():
+    log = paper_trajectory.authors_log(paper_trajectory.yaml.safe_load(paper_trajectory.SPEC.read_text()))
+    assert sorted(log) == list(range(1, 111))  # 110 epoch records, the run was interrupted there
+    quoted = {1: 1.7333, 2: 1.6021, 3: 1.5444, 5: 1.4879, 10: 1.4376, 20: 1.4023, 107: 1.3644}  # REPLICATION §4
+    for epoch, value in quoted.items():
+        assert float(log[epoch]["dev_bpr"]) == pytest.approx(value, abs=5e-5)
+    assert min(log, key=lambda e: float(log[e]["dev_bpr"])) == 107
+
+
+def write_run(folder: Path, curve: list[float], extra: dict | None = None) -> None:
+    folder.mkdir(parents=True)
+    lines = [json.dumps({"epoch": i + 1, "valid_bpc": v, "train_bpc": v + 0.4, "train_seconds": 1600.0,
+                         "update_norm": 0.8, "clip_fraction": 0.0, "commit": "abc1234", "device": "cpu (AMD EPYC, 1 threads)",
+                         **(extra or {})}) for i, v in enumerate(curve)]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "config.yaml").write_text("name: x\n")
+    (folder / "last.pt").write_bytes(b"checkpoint")
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZONEOUT_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("ZONEOUT_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path
+
+
+def test_csv_md_png_beside_the_authors_log_and_kept_copies(folders, capsys):
+    write_run(folders / "runs/paper/ptb_char/zoneout_clip-update/seed0", [1.75, 1.61])
+    write_run(folders / "runs/paper/ptb_char/unregularized_clip-update/seed0", [1.80])
+    assert paper_trajectory.main(["--keep"]) == 0
+    out = folders / "results/paper"
+    with open(out / "ptb_char_trajectory.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["row", "clip", "seed", "epoch", "valid_bpc", "authors_valid_bpc"]
+    assert rows[1:] == [["unregularized", "update", "0", "1", "1.8000", ""],  # the authors logged only zoneout
+                        ["zoneout", "update", "0", "1", "1.7500", "1.7333"],
+                        ["zoneout", "update", "0", "2", "1.6100", "1.6021"]]
+    markdown = (out / "ptb_char_trajectory.md").read_text()
+    assert "| 1 | 1.7500 | 1.7333 | +0.0167 |" in markdown and "abc1234" in markdown
+    assert (out / "ptb_char_trajectory.png").stat().st_size > 0
+    kept = out / "runs/ptb_char/zoneout_clip-update/seed0"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl"]  # never a checkpoint
+    # Without the live folders (another checkout), the kept copies give the same table.
+    import shutil
+    shutil.rmtree(folders / "runs")
+    assert paper_trajectory.main([]) == 0
+    assert (out / "ptb_char_trajectory.md").read_text() == markdown
+
+
+def test_a_corrupt_metrics_file_is_one_line_naming_it(folders, capsys):
+    folder = folders / "runs/paper/ptb_char/zoneout_clip-grad/seed0"
+    write_run(folder, [1.9])
+    with open(folder / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 2, "valid_')
+    assert paper_trajectory.main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(folder / "metrics.jsonl") in err[0]
