@@ -456,7 +456,11 @@ def main() -> int:
                              "a row without one of them says so")
     args = parser.parse_args()
     try:
-        build_table(load_table_spec(args.table), args.scale, print_table=True, force=args.force, seeds=args.seeds)
+        spec = load_table_spec(args.table)
+        if spec.get("script") or not spec.get("rows"):  # gradient flow and the toys are not run-folder tables
+            raise ValueError(f"{args.table} is not built from run folders: it is made by "
+                             f"{spec.get('script') or f'the command in experiments/{args.table}.yaml'}")
+        build_table(spec, args.scale, print_table=True, force=args.force, seeds=args.seeds)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

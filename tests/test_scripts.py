@@ -183,6 +183,14 @@ def test_make_table_refusal_is_one_line_and_exit_2(runs, tmp_path, monkeypatch, 
     assert error.startswith("error: ") and error.count("\n") == 1 and "left as it is" in error
 
 
+@pytest.mark.parametrize("table, maker", [("fig6_gradient_flow", "scripts/gradient_flow.py"),
+                                          ("toy_seq2seq_addition", "the command in experiments/toy_seq2seq_addition.yaml")])
+def test_make_table_refuses_a_spec_another_script_makes(table, maker, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["make_table.py", table, "--scale", "quick"])
+    assert make_table.main() == 2
+    assert capsys.readouterr().err == f"error: {table} is not built from run folders: it is made by {maker}\n"
+
+
 def test_paper_scale_label(runs, tmp_path):
     make_table.build_table(make_table.load_table_spec("table1_ptb_char"), "paper", out_dir=tmp_path / "paper")
     markdown = (tmp_path / "paper" / "table1_ptb_char.md").read_text()
