@@ -4,15 +4,23 @@
 
 Each row: our mean ± std over seeds (valid and test, best-validation checkpoint), the paper's figure,
 the difference, epochs run, and the scale, device, seeds and commit that produced it. Rows without
-finished runs are listed as "not run". Below the table, each of the paper's orderings listed in the
+finished runs are listed as "not run"; a row that lacks some of the table's seeds (--seeds, else every
+seed found among its rows) names them. Below the table, each of the paper's orderings listed in the
 spec's `claims` is checked against our means (holds or not, and whether within seed noise). The .png
 has the training (dashed) and validation (solid) curves per epoch, one colour per row, as the paper's
 Figures 4 and 5: validation per seed faint and their mean bold, training as the mean over seeds.
+
+A run is taken into a row only if its config.yaml is the row's experiment as the configs compose it at
+that scale (zoneout/run_identity.py, the rule resuming applies). A sweep member or a run with other
+overrides keeps the experiment's name: any such run found stops the table with one line naming it and
+the setting that differs, and nothing is written (a kept copy in results/ is never replaced by it).
+An unreadable summary.json, config.yaml or metrics.jsonl stops it the same way.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -24,8 +32,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# The configs rows are composed from: where this script lives (ROOT may point elsewhere in tests).
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 sys.path.insert(0, str(ROOT))
 from zoneout.atomic import atomic_write_text  # noqa: E402
+from zoneout.run_identity import RUN_DEFINING, first_difference  # noqa: E402
 
 
 def runs_root() -> Path:
@@ -39,7 +50,7 @@ def results_root() -> Path:
 
 def scales() -> list[str]:
     """The scales configs/scale/ defines (paper, quick, small, ...)."""
-    return sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "scale").glob("*.yaml"))
+    return sorted(p.stem for p in (CONFIGS / "scale").glob("*.yaml"))
 
 
 def load_table_spec(table: str) -> dict:
@@ -59,14 +70,92 @@ def kept_runs_dir(scale: str, out_dir: Path | None = None) -> Path:
     return (out_dir or results_root() / scale) / "runs"
 
 
+# A finished summary without these cannot be a row's run (make_table reads each of them).
+SUMMARY_KEYS = ("seed", "best_valid", "test", "epochs_run", "device", "commit")
+FIX_A_FILE = "restore it (git checkout, for a copy kept under results/) or move its run folder aside and rerun that seed"
+
+
+def unreadable(path: Path, why: str) -> ValueError:
+    return ValueError(f"{path}: {why}; {FIX_A_FILE}")
+
+
+def read_summary(path: Path) -> dict:
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError as error:  # a truncated or hand-edited file
+        raise unreadable(path, f"not valid JSON ({error})") from None
+    if not isinstance(summary, dict):
+        raise unreadable(path, "not a JSON object")
+    missing = [key for key in SUMMARY_KEYS if key not in summary] if summary.get("status") == "finished" else []
+    if missing:
+        raise unreadable(path, f"a finished run's summary without {', '.join(missing)}")
+    return summary
+
+
+def read_config(path: Path) -> dict:
+    """A run's resolved config (config.yaml, as zoneout/train.py writes it)."""
+    if not path.exists():
+        raise unreadable(path, "missing, so which experiment the run was cannot be checked")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise unreadable(path, f"not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(config, dict):
+        raise unreadable(path, "not a run's config (no settings)")
+    absent = [key for key in RUN_DEFINING if key not in config]
+    if absent:  # train.py writes every group: a file cut short
+        raise unreadable(path, f"incomplete (no {absent[0]} settings)")
+    return config
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        raise unreadable(path, "missing (the row's curves need it)")
+    metrics = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line:
+            continue
+        try:
+            metrics.append(json.loads(line))
+        except ValueError as error:
+            raise unreadable(path, f"line {number} is not valid JSON ({error})") from None
+    return metrics
+
+
+@functools.lru_cache(maxsize=None)
+def composed_config(experiment: str, scale: str) -> dict:
+    """The row's experiment at `scale` as the configs compose it now, resolved (read-only: it is cached)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("config", overrides=[f"experiment={experiment}", f"scale={scale}"])
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception as error:  # noqa: BLE001 - any composition error means no run can be checked
+        raise ValueError(f"experiment={experiment} scale={scale} does not compose: {' '.join(str(error).split())}") from None
+
+
+def check_same_experiment(folder: Path, summary: dict, experiment: str, scale: str) -> None:
+    """Refuse a run under the row's name that ran another config: it must never become the row, nor
+    replace the row's kept copy. Settings that cannot change the result may differ (first_difference)."""
+    expected = {**composed_config(experiment, scale), "seed": summary["seed"]}  # one experiment, many seeds
+    difference = first_difference(read_config(folder / "config.yaml"), expected)
+    if difference is not None:
+        raise ValueError(f"{folder} is named {experiment} but is not that experiment at {scale} scale ({difference}); "
+                         "nothing written: move that run folder elsewhere (a sweep member or a run with other "
+                         "overrides is not this row)")
+
+
 def find_runs(scale: str, experiment: str, out_dir: Path | None = None) -> list[tuple[dict, Path]]:
     """Finished runs of one row at one scale, wherever they were written (plain runs, multiruns, or the
-    copies a table keeps in results/); one per seed, the newest."""
+    copies a table keeps in results/); one per seed, the newest. Each must be the row's experiment."""
     found = []
     for root in (runs_root(), kept_runs_dir(scale, out_dir)):
         for summary_path in sorted(root.rglob("summary.json")) if root.is_dir() else []:
-            summary = json.loads(summary_path.read_text())
+            summary = read_summary(summary_path)
             if summary.get("name") == experiment and summary.get("scale") == scale and summary.get("status") == "finished":
+                check_same_experiment(summary_path.parent, summary, experiment, scale)
                 found.append((summary, summary_path.parent))
     unique = {}
     for summary, folder in sorted(found, key=lambda run: (run[1] / "summary.json").stat().st_mtime):
@@ -102,9 +191,9 @@ def fmt(mean: float, std: float, n: int, digits: int) -> str:
 def capped(summary: dict, run_dir: Path) -> bool:
     """The run was ended by trainer.max_epochs, not by early stopping: it may still have been improving."""
     config = run_dir / "config.yaml"
-    if not config.exists():
+    if not config.exists():  # scripts/compare.py takes run folders without one
         return False
-    max_epochs = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("max_epochs")
+    max_epochs = (read_config(config).get("trainer") or {}).get("max_epochs")
     return max_epochs is not None and summary["epochs_run"] >= max_epochs
 
 
@@ -115,12 +204,16 @@ def wall_minutes(summary: dict) -> str:
     return f"{summary['wall_seconds'] / 60:.0f}" + ("+" if summary.get("resumed_from_epoch") is not None else "")
 
 
-def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tuple[dict, list]:
-    """One table row (our mean ± std over the runs' seeds, the paper's figures) and its curves, one
-    (label, epochs, valid values, train values) per seed."""
+def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str,
+                  table_seeds: list[int] = ()) -> tuple[dict, list]:
+    """One table row (our mean ± std over the runs' seeds, the paper's figures, which of the table's
+    seeds it lacks) and its curves, one (label, epochs, valid values, train values) per seed."""
     paper = row.get("paper") or {}
+    have = {summary["seed"] for summary, _ in runs}
+    missing = [seed for seed in table_seeds if seed not in have] if row.get("experiment") else []
     entry = {"row": row["label"], "experiment": row.get("experiment"), "cited": bool(row.get("cited")),
-             "paper_valid": paper.get("valid"), "paper_test": paper.get("test"), "n_seeds": len(runs)}
+             "paper_valid": paper.get("valid"), "paper_test": paper.get("test"), "n_seeds": len(runs),
+             "table_seeds": " ".join(map(str, table_seeds)), "missing_seeds": " ".join(map(str, missing))}
     curves = []
     if runs:
         valid = mean_std([s["best_valid"] for s, _ in runs])
@@ -133,7 +226,7 @@ def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str) -> tupl
                       "seeds": " ".join(str(s["seed"]) for s, _ in runs),
                       "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
         for summary, run_dir in runs:
-            metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l]
+            metrics = read_metrics(run_dir / "metrics.jsonl")
             curves.append((row["label"], [m["epoch"] for m in metrics], [m[f"valid_{metric}"] for m in metrics],
                            [m.get(f"train_{metric}") for m in metrics]))
     return entry, curves
@@ -203,14 +296,16 @@ def rows_it_would_lose(existing_csv: Path, rows: list[dict]) -> list[str]:
 
 
 def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path | None = None,
-                force: bool = False) -> list[dict]:
+                force: bool = False, seeds: list[int] = ()) -> list[dict]:
+    """Build and write the table. `seeds`: seeds every row should have, besides every seed found among
+    its rows; a row without some of them says which (its mean is over fewer seeds)."""
     digits = 1 if spec["metric"] == "perplexity" else 3
-    rows, curves, by_name, found = [], [], {}, []
-    for row in spec["rows"]:
-        # A row without an experiment (e.g. a cited HyperLSTM figure) has nothing of ours to run.
-        runs = find_runs(scale, row["experiment"], out_dir) if row.get("experiment") else []
-        entry, row_curves = summarize_row(row, runs, spec["metric"])
-        found.append((row, runs))
+    # A row without an experiment (e.g. a cited HyperLSTM figure) has nothing of ours to run.
+    found = [(row, find_runs(scale, row["experiment"], out_dir) if row.get("experiment") else []) for row in spec["rows"]]
+    table_seeds = sorted(set(seeds) | {summary["seed"] for _, runs in found for summary, _ in runs})
+    rows, curves, by_name = [], [], {}
+    for row, runs in found:
+        entry, row_curves = summarize_row(row, runs, spec["metric"], table_seeds)
         rows.append(entry)
         by_name[row["name"]] = entry
         curves.extend(row_curves)
@@ -229,6 +324,10 @@ def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path
         plot_curves(spec, scale, curves, out_dir / f"{spec['table']}.png")
     if print_table:
         print(markdown)
+    for entry in rows:
+        if entry["n_seeds"] and entry["missing_seeds"]:
+            print(f"note: {entry['experiment']} ({scale}) has {seeds_text(entry)}: its mean is over "
+                  f"{entry['n_seeds']} seed(s)", file=sys.stderr)
     return rows
 
 
@@ -238,6 +337,13 @@ SCALE_NOTES = {
     "small": "**SMALL SCALE — the evidence scale for a CPU: smaller models on less data, where the unregularized "
              "LSTM overfits; the paper's orderings can hold or fail here, its values cannot be matched.**",
 }
+
+
+def seeds_text(entry: dict) -> str:
+    """A row's seeds, and the table's seeds it lacks: "0 2 of 0 1 2 (missing 1)"."""
+    if not entry["missing_seeds"]:
+        return entry["seeds"]
+    return f"{entry['seeds']} of {entry['table_seeds']} (missing {entry['missing_seeds']})"
 
 
 def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> str:
@@ -258,10 +364,13 @@ def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> st
             delta = "–" if r["paper_test"] is None else f"{r['test_mean'] - r['paper_test']:+.{digits}f}"
             lines.append(f"| {label} | {fmt(r['valid_mean'], r['valid_std'], r['n_seeds'], digits)} | "
                          f"{fmt(r['test_mean'], r['test_std'], r['n_seeds'], digits)} | {show(r['paper_valid'])} | "
-                         f"{show(r['paper_test'])} | {delta} | {r['epochs']} | {r['wall_minutes']} | {r['seeds']} | {r['device']} | {r['commit']} |")
+                         f"{show(r['paper_test'])} | {delta} | {r['epochs']} | {r['wall_minutes']} | {seeds_text(r)} | {r['device']} | {r['commit']} |")
     if any("*" in str(r.get("epochs", "")) for r in rows):
         lines += ["", "\\* stopped by the epoch cap (`trainer.max_epochs`), not by early stopping: that run may still "
                   "have been improving, so its row understates what it would reach."]
+    if any(r.get("n_seeds") and r.get("missing_seeds") for r in rows):
+        lines += ["", "A row marked (missing …) lacks some of the table's seeds: its mean ± std, and the orderings "
+                  "checked with it, are over the seeds it has."]
     ran = [r for r in rows if r.get("n_seeds")]
     if ran:
         total = sum(r["wall_seconds_sum"] for r in ran) / 60
@@ -277,7 +386,7 @@ def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> st
 
 def render_csv(rows: list[dict]) -> str:
     fields = ["row", "experiment", "cited", "n_seeds", "valid_mean", "valid_std", "test_mean", "test_std",
-              "paper_valid", "paper_test", "epochs", "wall_minutes", "seeds", "device", "commit"]
+              "paper_valid", "paper_test", "epochs", "wall_minutes", "seeds", "missing_seeds", "device", "commit"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
@@ -342,9 +451,16 @@ def main() -> int:
     parser.add_argument("table")
     parser.add_argument("--scale", default="paper", choices=scales())
     parser.add_argument("--force", action="store_true", help="rewrite the table even if rows with results lose them")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[], metavar="SEED",
+                        help="seeds every row should have (default: every seed found among the table's rows); "
+                             "a row without one of them says so")
     args = parser.parse_args()
     try:
-        build_table(load_table_spec(args.table), args.scale, print_table=True, force=args.force)
+        spec = load_table_spec(args.table)
+        if spec.get("script") or not spec.get("rows"):  # gradient flow and the toys are not run-folder tables
+            raise ValueError(f"{args.table} is not built from run folders: it is made by "
+                             f"{spec.get('script') or f'the command in experiments/{args.table}.yaml'}")
+        build_table(spec, args.scale, print_table=True, force=args.force, seeds=args.seeds)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -225,7 +225,7 @@ def main() -> int:
               f"({launcher_error(launcher_tail)}), though every run finished", file=sys.stderr)
         status = 1
     try:
-        build_table(table_spec, args.scale, print_table=True)
+        build_table(table_spec, args.scale, print_table=True, seeds=args.seeds)  # a row without one says so
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         status = 1

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -27,9 +28,13 @@ ZONEOUT_WALL = [600.0, 1260.0, 3000.0]  # seconds; seed 2 resumed (its summary c
 def write_run(root: Path, name: str, seed: int, valid: float, test: float, epochs: int = 3,
               scale: str = "quick", status: str = "finished", metric: str = "bpc", best_epoch: int | None = None,
               wall_seconds: float | None = None, resumed_from_epoch: int | None = None) -> Path:
-    """A run folder as zoneout/train.py leaves it (quick's cap is 3 epochs: the default ran to it)."""
+    """A run folder as zoneout/train.py leaves it (quick's cap is 3 epochs: the default ran to it), its
+    config.yaml the experiment as composed at that scale (none for a made-up experiment or scale)."""
     run_dir = root / scale / name / f"seed{seed}"
     run_dir.mkdir(parents=True)
+    if scale in make_table.scales() and (make_table.CONFIGS / "experiment" / f"{name}.yaml").exists():
+        config = {**make_table.composed_config(name, scale), "seed": seed}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     curve = [valid + 0.1 * (epochs - e) for e in range(1, epochs + 1)]  # ends at the best value
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, f"valid_{metric}": v}) + "\n"
                                                    for e, v in enumerate(curve, start=1)))
@@ -64,6 +69,17 @@ def runs(tmp_path, monkeypatch):
     return root, dirs
 
 
+def set_setting(run_dir: Path, dotted: str, value) -> None:
+    """One setting of a run folder's config.yaml changed, as a command-line override would have."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    *groups, key = dotted.split(".")
+    node = config
+    for group in groups:
+        node = node[group]
+    node[key] = value
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def table_line(markdown: str, label: str) -> list[str]:
     line = next(l for l in markdown.splitlines() if l.startswith(f"| {label} |"))
     return [cell.strip() for cell in line.strip("|").split("|")]
@@ -79,7 +95,7 @@ def test_make_table_means_paper_delta_and_row_kinds(runs, tmp_path):
     test_mean, test_std = statistics.mean(ZONEOUT_TEST), statistics.stdev(ZONEOUT_TEST)
     assert cells[1:6] == [f"{valid_mean:.3f} ± {valid_std:.3f}", f"{test_mean:.3f} ± {test_std:.3f}", "1.362", "1.27",
                           f"{test_mean - 1.27:+.3f}"]
-    assert cells[6:10] == ["3/3/3", "10/21/50+", "0 1 2", "cpu (test)"]
+    assert cells[6:10] == ["3*/3*/3*", "10/21/50+", "0 1 2", "cpu (test)"]  # quick runs stop at its 3-epoch cap
     # the resumed run is marked; the cited row's run has no wall time ("–"): left out of the total, and said so
     assert table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")[7] == "–"
     assert "Wall time: 3 runs, 1 h 21 min of training in all" in markdown and "+ marks a resumed run" in markdown
@@ -137,7 +153,7 @@ def test_a_table_keeps_its_runs_and_rebuilds_from_them_in_a_fresh_clone(runs, tm
     make_table.build_table(spec, "quick", out_dir=out)
     kept = out / "runs" / "ptb_char" / "zoneout"
     assert sorted(p.name for p in kept.iterdir()) == ["seed0", "seed1", "seed2"]
-    assert sorted(p.name for p in (kept / "seed0").iterdir()) == ["metrics.jsonl", "summary.json"]  # no checkpoints
+    assert sorted(p.name for p in (kept / "seed0").iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]  # no checkpoints
     assert not (out / "runs" / "ptb_char" / "unregularized").exists()  # unfinished runs are not kept
     tables = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}  # noqa: E731
     before = tables()
@@ -165,6 +181,14 @@ def test_make_table_refusal_is_one_line_and_exit_2(runs, tmp_path, monkeypatch, 
     assert make_table.main() == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1 and "left as it is" in error
+
+
+@pytest.mark.parametrize("table, maker", [("fig6_gradient_flow", "scripts/gradient_flow.py"),
+                                          ("toy_seq2seq_addition", "the command in experiments/toy_seq2seq_addition.yaml")])
+def test_make_table_refuses_a_spec_another_script_makes(table, maker, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["make_table.py", table, "--scale", "quick"])
+    assert make_table.main() == 2
+    assert capsys.readouterr().err == f"error: {table} is not built from run folders: it is made by {maker}\n"
 
 
 def test_paper_scale_label(runs, tmp_path):
@@ -409,9 +433,9 @@ def test_replicate_multirun_reports_each_unfinished_row_and_seed(runs, monkeypat
 def test_a_run_ended_by_the_epoch_cap_is_marked(runs, tmp_path):
     root, _ = runs
     capped = write_run(root, "ptb_char/weight_noise", 0, 2.0, 1.9, epochs=4, scale="small")
-    (capped / "config.yaml").write_text("trainer:\n  max_epochs: 4\n")  # ran to the cap
+    set_setting(capped, "trainer.max_epochs", 4)  # ran to the cap (another cap is still the same experiment)
     stopped = write_run(root, "ptb_char/weight_noise", 1, 2.1, 2.0, epochs=3, scale="small")
-    (stopped / "config.yaml").write_text("trainer:\n  max_epochs: 4\n")  # early stopping ended it
+    set_setting(stopped, "trainer.max_epochs", 4)  # early stopping ended it
     make_table.build_table(make_table.load_table_spec("table1_ptb_char"), "small", out_dir=tmp_path / "small")
     markdown = (tmp_path / "small" / "table1_ptb_char.md").read_text()
     assert table_line(markdown, "Weight noise (σ = 0.075)")[6] == "4*/3"
@@ -467,3 +491,101 @@ def test_replicate_continues_runs_the_epoch_cap_stopped_once_the_cap_is_raised(r
     assert replicate.main() == 0 and commands == []
     monkeypatch.setattr(sys, "argv", [argv[0], "--force", *argv[1:]])  # the main job trains whatever is kept
     assert replicate.main() == 0 and [(c[4], c[5]) for c in commands] == [("experiment=ptb_char/zoneout", "seed=0,1,2")]
+
+
+def build_from_the_command_line(monkeypatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["make_table.py", "table1_ptb_char", "--scale", "quick", *args])
+    return make_table.main()
+
+
+@pytest.mark.parametrize("where", ["row_folder", "multirun"])
+def test_a_run_of_another_config_is_refused_and_the_kept_copy_is_unchanged(runs, tmp_path, monkeypatch, capsys, where):
+    """A run named as a row but run with other overrides (in the row's own folder, or a sweep member)
+    must not become the row, nor replace the committed copy of the row's run."""
+    root, dirs = runs
+    for dotted, value in [("trainer.threads", 1), ("trainer.progress", False), ("logger.name", "csv"),
+                          ("trainer.max_epochs", 5), ("dataset.data_dir", "/elsewhere"), ("dataset.mirror", None)]:
+        set_setting(dirs[2], dotted, value)  # settings that cannot change the result: still the row's run
+    assert build_from_the_command_line(monkeypatch) == 0
+    results = tmp_path / "results"
+    kept_config = results / "quick" / "runs" / "ptb_char" / "zoneout" / "seed0" / "config.yaml"
+    before = {path: path.read_bytes() for path in results.rglob("*") if path.is_file()}
+    assert kept_config in before
+    capsys.readouterr()
+    if where == "row_folder":  # `regularizer.zoneout_cell=0.05` rerun into runs/quick/ptb_char/zoneout/seed0
+        shutil.rmtree(dirs[0])
+        other = write_run(root, "ptb_char/zoneout", 0, 1.0, 1.0)
+    else:  # one job of `-m regularizer.zoneout_cell=0.05,0.9`, in Hydra's default sweep folder
+        job = write_run(tmp_path / "sweep", "ptb_char/zoneout", 0, 1.0, 1.0)
+        other = root / "multirun" / "2025-01-01_00-00-00" / "0-regularizer.zoneout_cell=0.05"
+        other.parent.mkdir(parents=True)
+        job.rename(other)
+    set_setting(other, "regularizer.zoneout_cell", 0.05)
+    assert build_from_the_command_line(monkeypatch) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert f"{other} is named ptb_char/zoneout" in error and "(regularizer.zoneout_cell: 0.05, now 0.5)" in error
+    assert {path: path.read_bytes() for path in results.rglob("*") if path.is_file()} == before  # nothing written
+    assert kept_config.read_bytes() == before[kept_config]
+
+
+def test_a_row_missing_a_seed_says_which(runs, tmp_path, monkeypatch, capsys):
+    root, dirs = runs
+    (dirs[1] / "summary.json").unlink()  # zoneout seed 1: its summary lost
+    for seed in range(3):
+        write_run(root, "ptb_char/weight_noise", seed, 1.6, 1.5)
+    assert build_from_the_command_line(monkeypatch) == 0
+    out = tmp_path / "results" / "quick"
+    markdown = (out / "table1_ptb_char.md").read_text()
+    zoneout = table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05)")
+    mean = statistics.mean([ZONEOUT_TEST[0], ZONEOUT_TEST[2]])
+    assert zoneout[2].startswith(f"{mean:.3f} ± ") and zoneout[8] == "0 2 of 0 1 2 (missing 1)"
+    assert table_line(markdown, "Weight noise (σ = 0.075)")[8] == "0 1 2"
+    assert table_line(markdown, "Recurrent batchnorm (Cooijmans et al.; ours at batch 32) (cited)")[8] == \
+        "0 of 0 1 2 (missing 1 2)"
+    assert "lacks some of the table's seeds" in markdown
+    parsed = {r["row"]: r for r in csv.DictReader(io.StringIO((out / "table1_ptb_char.csv").read_text()))}
+    assert (parsed["Zoneout (z_c = 0.5, z_h = 0.05)"]["n_seeds"], parsed["Zoneout (z_c = 0.5, z_h = 0.05)"]["missing_seeds"]) == ("2", "1")
+    assert parsed["Weight noise (σ = 0.075)"]["missing_seeds"] == "" and parsed["Unregularized LSTM"]["missing_seeds"] == "0 1 2"
+    assert parsed["HyperLSTM + LayerNorm (Ha et al., 2016)"]["missing_seeds"] == ""  # nothing of ours to run
+    assert "note: ptb_char/zoneout (quick) has 0 2 of 0 1 2 (missing 1): its mean is over 2 seed(s)" in capsys.readouterr().err
+    # Seeds asked for that no row has yet (make replicate SEEDS=...) are missing too.
+    assert build_from_the_command_line(monkeypatch, "--seeds", "0", "1", "2", "3") == 0
+    markdown = (out / "table1_ptb_char.md").read_text()
+    assert table_line(markdown, "Weight noise (σ = 0.075)")[8] == "0 1 2 of 0 1 2 3 (missing 3)"
+    assert table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05)")[8] == "0 2 of 0 1 2 3 (missing 1 3)"
+
+
+def truncated(path: Path) -> None:
+    """Cut short as a killed copy or a full disk leaves it: inside the last JSON object, or a YAML key."""
+    text = path.read_text()
+    path.write_text(text[:text.index("zoneout_cell") + 7] if path.suffix == ".yaml" else text[:text.rindex("}")])
+
+
+@pytest.mark.parametrize("name, damage, why", [
+    ("summary.json", truncated, "not valid JSON"),
+    ("metrics.jsonl", truncated, "line 3 is not valid JSON"),
+    ("config.yaml", truncated, "not valid YAML"),
+    ("config.yaml", lambda path: path.write_text("dataset:\n  name: ptb_char\n"), "incomplete (no model settings)"),
+    ("config.yaml", Path.unlink, "missing, so which experiment the run was cannot be checked"),
+])
+def test_an_unreadable_run_file_is_one_line_naming_it(runs, tmp_path, monkeypatch, capsys, name, damage, why):
+    _, dirs = runs
+    path = dirs[1] / name  # zoneout seed 1
+    damage(path)
+    assert build_from_the_command_line(monkeypatch) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {path}: {why}") and error.count("\n") == 1
+    assert error.rstrip().endswith(make_table.FIX_A_FILE)
+    assert not (tmp_path / "results").exists()  # nothing written
+
+
+@pytest.mark.parametrize("scale", ["quick", "small"])
+def test_the_committed_runs_are_their_rows_experiments(scale):
+    """Every run a committed table keeps is its row's experiment as the configs compose it now (runs saved
+    before a trainer setting existed ran with its default): the tables rebuild from them."""
+    summaries = sorted((ROOT / "results" / scale / "runs").rglob("summary.json"))
+    assert summaries
+    for path in summaries:
+        summary = make_table.read_summary(path)
+        make_table.check_same_experiment(path.parent, summary, summary["name"], scale)
