@@ -13,6 +13,14 @@
 # a system Slurm. Jobs run as root (this workplace's user). `start` is idempotent: a cluster already
 # up in DIR is reused. A daemon that fails to start gives one error line, then its log's last lines.
 #
+# The cluster lives as long as the process that started it: for `run`, this script; for `start`, its
+# caller (the parent process; ZONEOUT_SLURM_OWNER=PID names another, =none keeps it up until `stop`).
+# A watchdog (this script's `_watch`, in a session of its own, so a killed process group spares it)
+# checks those owners every second and stops the cluster once none is left, SIGKILL included. If the
+# watchdog died too, the next `start` in DIR finds the owners dead and stops that stale instance
+# before starting afresh. Only the processes named by DIR's pidfiles whose command lines name DIR are
+# ever signalled, never another instance's or a system Slurm's daemons.
+#
 # This cluster has no accounting database (slurmdbd needs MySQL), so `sacct` would only say
 # "accounting storage is disabled"; submitit polls sacct for job states, so DIR/bin holds a small
 # `sacct` that answers JobID|State|NodeList from slurmctld (scontrol), first on PATH in the exports.
@@ -40,13 +48,49 @@ else
 fi
 DIR=$(realpath -m "$DIR")
 CONF=$DIR/slurm.conf
+SELF=$(realpath "$0")
 
 exports() {
     echo "export SLURM_CONF=$CONF"
     echo "export PATH=$DIR/bin:\$PATH"
 }
 
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# ours PID: it runs and belongs to this instance (its command line names DIR): a pid reused by an
+# unrelated process after ours died is never taken for, nor signalled as, ours.
+ours() {
+    local cmdline
+    cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
+    [[ " $cmdline " == *"$DIR/"* || " $cmdline " == *" $DIR "* ]] && ! zombie "$1"
+}
+
+# pid_in PIDFILE: the pid it holds; fails quietly once a daemon has removed it on its way out
+pid_in() { local pid; pid=$(cat "$1" 2>/dev/null) && [[ $pid =~ ^[0-9]+$ ]] && echo "$pid"; }
+
+alive() { local pid; pid=$(pid_in "$1") && ours "$pid"; }  # alive PIDFILE
+
+zombie() { [[ $(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) == Z ]]; }
+
+start_time() {  # a process's start (clock ticks after boot, /proc/PID/stat field 22): a reused pid has another
+    local stat fields
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    read -ra fields <<<"${stat##*) }"  # the fields after the command name, which may hold spaces
+    echo "${fields[19]}"
+}
+
+add_owner() {  # add_owner PID: the cluster stays up while this process (not a later one with its pid) lives
+    local started
+    started=$(start_time "$1") || die "owner process $1 does not exist" || return 1
+    grep -qsx -- "$1 $started" "$DIR/owners" || echo "$1 $started" >>"$DIR/owners"
+}
+
+owned() {  # some owner still runs (always true without an owners file: ZONEOUT_SLURM_OWNER=none)
+    [[ -f $DIR/owners ]] || return 0
+    local pid started
+    while read -r pid started; do
+        [[ $(start_time "$pid") == "$started" ]] && return 0
+    done <"$DIR/owners"
+    return 1
+}
 
 is_up() {
     alive "$DIR/munged.pid" && alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" || return 1
@@ -56,16 +100,42 @@ is_up() {
 }
 
 stop_daemon() {  # SIGTERM, then SIGKILL after 10 s
-    local pidfile=$DIR/$1.pid pid
-    alive "$pidfile" || return 0
-    pid=$(cat "$pidfile")
+    local pid
+    pid=$(pid_in "$DIR/$1.pid") && ours "$pid" || return 0
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 100); do ours "$pid" || return 0; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
+}
+
+stop_watchdog() {  # unless this is the watchdog: SIGKILL it and what it runs (its process group)
+    local pid
+    pid=$(pid_in "$DIR/watchdog.pid") && ours "$pid" && [[ $pid != "$$" ]] || return 0
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do ours "$pid" || return 0; sleep 0.1; done
+}
+
+spawn_watchdog() {  # in a session of its own, with no stdio of ours (a caller reading our output would wait on it)
+    rm -f "$DIR/watchdog.pid"
+    setsid "$BASH" "$SELF" _watch "$DIR" </dev/null >>"$DIR/watchdog.log" 2>&1 &
+    disown  # not our job: `run` would report it "Killed" when `stop` ends it
+    wait_for 10 alive "$DIR/watchdog.pid" || die "the watchdog did not start" "$DIR/watchdog.log"
+}
+
+watch() {  # the watchdog: stop the cluster once no owner runs; leave once something else stopped it
+    echo $$ >"$DIR/watchdog.pid"
+    while [[ -f $CONF ]]; do
+        if ! owned; then
+            echo "local_slurm: the processes that started $DIR are gone: stopping it" >&2
+            stop
+            return 0
+        fi
+        sleep 1
+    done
 }
 
 stop() {
     [[ -f $CONF ]] || return 0
+    stop_watchdog  # first, so that it does not stop (and remove DIR) alongside us
     if alive "$DIR/slurmctld.pid"; then  # jobs first, so slurmd's step daemons end with them
         SLURM_CONF=$CONF timeout 10 scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
         for _ in $(seq 50); do
@@ -185,14 +255,26 @@ start() {
     for tool in munged slurmctld slurmd sinfo scontrol; do
         command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install -y slurm-wlm munge)" || return 1
     done
-    if is_up; then
+    local owner=$1  # a pid, or none
+    if is_up && owned; then
         echo "local_slurm: already running in $DIR" >&2
+        if [[ -f $DIR/owners && $owner != none ]]; then
+            add_owner "$owner" || return 1
+            alive "$DIR/watchdog.pid" || spawn_watchdog || return 1
+        fi
         exports
         return 0
     fi
-    stop  # whatever is left of an earlier, broken start
+    if [[ -f $CONF ]] && ! owned; then
+        echo "local_slurm: stopping a stale instance in $DIR (the processes that started it are gone)" >&2
+    fi
+    stop  # a stale instance, or whatever is left of an earlier, broken start
     mkdir -p "$DIR"; chmod 700 "$DIR"
     write_conf
+    if [[ $owner != none ]]; then
+        # this script too: a caller that dies while we start must not have the watchdog stop it under us
+        add_owner $$ && add_owner "$owner" && spawn_watchdog || return 1
+    fi
     # munge: its own key and socket; --force lets it run as root in a temp dir
     dd if=/dev/urandom of="$DIR/munge.key" bs=1024 count=1 status=none
     chmod 400 "$DIR/munge.key"
@@ -212,14 +294,15 @@ start() {
 
 case $command in
     start)
-        start || { stop; exit 1; }
+        start "${ZONEOUT_SLURM_OWNER:-$PPID}" || { stop; exit 1; }
         ;;
     stop) stop ;;
     status) is_up ;;
+    _watch) watch ;;
     run)
         trap 'stop' EXIT
         trap 'exit 130' INT TERM
-        start >/dev/null || exit 1
+        start $$ >/dev/null || exit 1
         export SLURM_CONF=$CONF PATH=$DIR/bin:$PATH
         "$@"
         ;;

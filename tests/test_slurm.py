@@ -2,6 +2,8 @@
 every row a Slurm job (the table equals the sequential launcher's), a requeued job (`scontrol requeue`)
 and a preempted one (USR2, submitit's requeue) resume from last.pt and end with an uninterrupted run's
 metrics, and a failed job is reported with its row, seed and error while the table is built from the rest.
+The local cluster itself stops when the process that started it is SIGKILLed, and a stale one (its starter
+and watchdog both killed) is stopped by the next start in the same folder instead of being reused.
 
 Marked `slurm`; skipped with the reason when slurm-wlm/munge or the [slurm] extra is missing or the
 daemons cannot start (ZONEOUT_REQUIRE_SLURM=1 turns that skip into a failure). The joblib multirun
@@ -14,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +38,23 @@ TINY = [*SMOKE[:1], "trainer.max_epochs=2", "trainer.max_steps_per_epoch=5", *SM
 ROWS = {"unregularized": "ptb_char/unregularized", "zoneout": "ptb_char/zoneout"}
 
 
+DAEMONS = ("munged", "slurmctld", "slurmd")
+
+
+def skip_or_fail(reason: str):
+    """Skip with the reason, or fail where ZONEOUT_REQUIRE_SLURM=1 says Slurm must run here."""
+    if os.environ.get("ZONEOUT_REQUIRE_SLURM") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def slurm_missing() -> str | None:
+    missing = [tool for tool in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(tool) is None]
+    if missing:
+        return f"Slurm is not installed ({', '.join(missing)} missing; apt-get install -y slurm-wlm munge)"
+    return None
+
+
 def close(a: float, b: float) -> bool:  # the tolerance of test_sigkill_then_resume_matches_uninterrupted
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
@@ -42,11 +62,8 @@ def close(a: float, b: float) -> bool:  # the tolerance of test_sigkill_then_res
 @pytest.fixture(scope="module")
 def slurm_env():
     """A running local Slurm for this module: the environment that reaches it (SLURM_CONF, PATH)."""
-    missing = [tool for tool in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(tool) is None]
-    reason = None
-    if missing:
-        reason = f"Slurm is not installed ({', '.join(missing)} missing; apt-get install -y slurm-wlm munge)"
-    else:
+    reason = slurm_missing()
+    if reason is None:
         try:
             import hydra_plugins.hydra_submitit_launcher  # noqa: F401
             import submitit  # noqa: F401
@@ -59,13 +76,129 @@ def slurm_env():
             reason = "local Slurm could not start: " + next(iter(started.stderr.strip().splitlines()), "no output")
     if reason is not None:
         shutil.rmtree(folder, ignore_errors=True)
-        if os.environ.get("ZONEOUT_REQUIRE_SLURM") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail(reason)
     try:
         yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "PATH": f"{folder / 'bin'}:{os.environ['PATH']}"}
     finally:
         subprocess.run([str(LOCAL_SLURM), "stop", str(folder)], timeout=180)
+
+
+def running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[1].split()[0] != "Z"
+
+
+def instance_pids(folder: Path) -> dict[str, int]:
+    """The pids in a local Slurm's pidfiles: its daemons', and its watchdog's where it has one."""
+    files = {name: folder / f"{name}.pid" for name in (*DAEMONS, "watchdog")}
+    return {name: int(file.read_text()) for name, file in files.items() if file.is_file()}
+
+
+class LocalCluster:
+    """A local Slurm of one test's own, in a fresh folder, started from child processes of the test."""
+
+    def __init__(self, folder: Path, logs: Path):
+        self.folder, self.logs, self.children = folder, logs, []
+
+    def start_in_child(self, how: str) -> subprocess.Popen:
+        """A child (in its own process group) that starts the cluster and then waits; returned once it is up.
+        `start`: a Python process that runs `local_slurm.sh start DIR`, as pytest does for slurm_env;
+        `run`: `local_slurm.sh run -- sleep`, as .ci/run does."""
+        marker, log = self.logs / f"up-{len(self.children)}", self.logs / f"child-{len(self.children)}.err"
+        if how == "start":
+            command = [sys.executable, "-c", "import pathlib, subprocess, sys, time\n"
+                       "sys.exit(1) if subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL).returncode else None\n"
+                       "pathlib.Path(sys.argv[1]).touch()\ntime.sleep(600)\n",
+                       str(marker), str(LOCAL_SLURM), "start", str(self.folder)]
+        else:
+            command = [str(LOCAL_SLURM), "run", "--", "sh", "-c", 'touch "$0" && exec sleep 600', str(marker)]
+        env = {key: value for key, value in os.environ.items() if key != "ZONEOUT_SLURM_OWNER"}
+        with log.open("w") as stderr:
+            child = subprocess.Popen(command, env={**env, "ZONEOUT_SLURM_DIR": str(self.folder)}, stdout=subprocess.DEVNULL,
+                                     stderr=stderr, start_new_session=True)
+        self.children.append(child)
+        deadline = time.time() + 180
+        while not marker.exists():
+            if child.poll() is not None or time.time() > deadline:
+                lines = log.read_text().splitlines()
+                skip_or_fail("local Slurm could not start: " + next((line for line in lines if "error" in line),
+                                                                     lines[0] if lines else "no output"))
+            time.sleep(0.2)
+        return child
+
+    def wait_gone(self, pids: dict[str, int], seconds: float) -> dict[str, int]:
+        """Waits up to `seconds` for these processes to end and the folder to be removed; those still running."""
+        deadline = time.time() + seconds
+        while (any(map(running, pids.values())) or self.folder.exists()) and time.time() < deadline:
+            time.sleep(0.2)
+        return {name: pid for name, pid in pids.items() if running(pid)}
+
+    def close(self):
+        for child in self.children:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        # what a failing test left running (the old script's daemons outlive their starter), by its pidfiles
+        subprocess.run([str(LOCAL_SLURM), "stop", str(self.folder)], timeout=180)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    reason = slurm_missing()
+    if reason is not None:
+        skip_or_fail(reason)
+    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="zoneout-slurm-")), tmp_path)  # short: munge's socket path
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("how", ["start", "run"])
+def test_the_local_slurm_stops_when_the_process_that_started_it_is_killed(local_cluster, how):
+    """SIGKILL the starter (`start`: its Python caller, as a killed pytest; `run`: the script's whole process
+    group, as a time limit kills .ci/run): the instance's daemons end and its folder goes within 30 s."""
+    child = local_cluster.start_in_child(how)
+    pids = instance_pids(local_cluster.folder)
+    assert all(running(pids[name]) for name in DAEMONS), pids
+    if how == "run":
+        os.killpg(child.pid, signal.SIGKILL)  # the script and the command it runs
+    else:
+        os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    left = local_cluster.wait_gone(pids, 30)
+    assert not left, f"still running 30 s after the starter was SIGKILLed: {left}"
+    assert not local_cluster.folder.exists()
+
+
+@pytest.mark.slurm
+def test_the_next_start_stops_a_stale_local_slurm_instead_of_reusing_it(local_cluster):
+    """Starter and watchdog both SIGKILLed (the daemons left up, their owners gone): `start` in the same folder
+    stops those daemons and starts its own."""
+    child = local_cluster.start_in_child("start")
+    stale = instance_pids(local_cluster.folder)
+    if "watchdog" in stale:
+        os.killpg(stale["watchdog"], signal.SIGKILL)  # its own process group: it and its `sleep`
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert all(running(stale[name]) for name in DAEMONS), stale
+    env = {key: value for key, value in os.environ.items() if key != "ZONEOUT_SLURM_OWNER"}
+    started = subprocess.run([str(LOCAL_SLURM), "start", str(local_cluster.folder)], env=env, capture_output=True,
+                             text=True, timeout=180)
+    assert started.returncode == 0, started.stderr
+    left = {name: stale[name] for name in DAEMONS if running(stale[name])}
+    assert not left, f"the stale daemons were reused or left running: {left}"
+    assert "stale instance" in started.stderr, started.stderr
+    fresh = instance_pids(local_cluster.folder)
+    assert all(name in fresh and running(fresh[name]) and fresh[name] != stale.get(name)
+               for name in (*DAEMONS, "watchdog")), (stale, fresh)
+    assert subprocess.run([str(LOCAL_SLURM), "status", str(local_cluster.folder)], timeout=60).returncode == 0
 
 
 def replicate_command(launcher: str, rows: list[str], seeds: list[int], *overrides: str) -> list[str]:
