@@ -113,7 +113,7 @@ def render_markdown(spec: dict, records: dict) -> str:
                      f"{m['valid_bpc'] - their_valid:+.4f}" if theirs else "", f"{m['train_bpc']:.4f}",
                      f"{their_train:.4f}" if theirs else "", f"{m['update_norm']:.3f}" if "update_norm" in m else "",
                      f"{100 * m['clip_fraction']:.1f} %" if "clip_fraction" in m else "",
-                     f"{m['train_seconds'] / 60:.1f}", m.get("commit", ""), m.get("device", "")]
+                     f"{m['train_seconds'] / 60:.1f}", m.get("commit", "not recorded"), m.get("device", "not recorded")]
             out.append("| " + " | ".join(map(str, cells)) + " |")
         out.append("")
     if not records:

@@ -125,10 +125,12 @@ class Interrupted(RuntimeError):
 
 class StopSignals:
     """While active, SIGINT and SIGTERM only set a flag; training checks it between steps, checkpoints
-    the exact batch and raises Interrupted. A second signal stops at once (the files are atomic)."""
+    the exact batch and raises Interrupted. With no step trained since the last checkpoint (e.g. while the
+    first forward waits for a kernel build), or on a second signal, it stops at once: nothing is lost and
+    the files are atomic."""
 
     def __init__(self):
-        self.received, self.previous = None, {}
+        self.received, self.previous, self.unsaved = None, {}, False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -137,7 +139,9 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        if self.received is not None:
+        if self.received is not None or not self.unsaved:
+            print(f"interrupted: {signal.Signals(signum).name}; nothing unsaved since the last checkpoint; continue "
+                  "with the same command and trainer.resume=true", file=sys.stderr, flush=True)
             raise SystemExit(128 + signum)
         self.received = signum
 
@@ -202,6 +206,8 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
                            ("grad_norm", grad_norm), ("update_norm", update_norm), ("clipped", int(clipped))):
             sums[key] += value
         steps += 1
+        if stop is not None:
+            stop.unsaved = True
         bar.update()
         if steps % 10 == 0 or steps == total:
             elapsed = time.perf_counter() - start
@@ -215,6 +221,8 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
             if every and time.perf_counter() - last_save >= every * 60:
                 save_partial(progress())
                 last_save = time.perf_counter()
+                if stop is not None:
+                    stop.unsaved = False
     bar.close()
     seconds = seconds_before + time.perf_counter() - start
     count, done = max(sums["count"], 1), max(steps, 1)
@@ -384,6 +392,7 @@ def train_in(cfg: DictConfig, run_dir: Path) -> dict:
             # The checkpoint (holding the history) is written before the metrics files, so a kill
             # between the two is repaired on resume, which rewrites metrics.jsonl from it.
             checkpoint.save(last_path, last_checkpoint(epoch))
+            stop.unsaved = False
             logger.log_epoch(record)
             print(f"epoch {epoch}: train {task.metric} {record[f'train_{task.metric}']:.4f}  valid {task.metric} "
                   f"{valid_metric:.4f}  {record['tokens_per_s']:,.0f} tok/s  {record['train_seconds']:.1f}s", file=sys.stderr)
