@@ -7,7 +7,7 @@
 # Seed $SEED (0), one thread, the authors' square-block init, trainer.resume=true: run it again after a
 # stop and it goes on from the exact batch of its last.pt (SIGTERM/SIGINT save one first). Run folder
 # $ZONEOUT_RUNS_DIR/paper/ptb_char/<ROW>_clip-<CLIP>/seed<SEED> (runs/ by default), its log beside it.
-# Uses this checkout's .venv (make install); its own kernel-build folder so that two checkouts with
+# Sets up this checkout first (make data: venv, install, data; a no-op once done); its own kernel-build folder so that two checkouts with
 # different venvs never rebuild the fused extension over each other. Run it from a clean commit in a
 # clone of its own, and `make paper-trajectory` in the working checkout after each epoch.
 set -euo pipefail
@@ -16,14 +16,15 @@ row=${1:-}; clip=${2:-}
 case $row in zoneout|unregularized) ;; *) echo "error: ROW must be zoneout or unregularized, got '$row'" >&2; exit 2;; esac
 case $clip in grad|update) ;; *) echo "error: CLIP must be grad or update, got '$clip'" >&2; exit 2;; esac
 shift 2
-[[ -x .venv/bin/python ]] || { echo "error: no .venv here: run 'make install' first" >&2; exit 2; }
 seed=${SEED:-0}
 runs=${ZONEOUT_RUNS_DIR:-runs}
 name=ptb_char/${row}_clip-${clip}
+log=$runs/paper/$name/seed$seed.log
 mkdir -p "$runs/paper/$name"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}
 export ZONEOUT_DATA_MIRROR=${ZONEOUT_DATA_MIRROR:-$(cd .. && pwd)/shared/data}
 export OMP_NUM_THREADS=1
+make -s data >>"$log" 2>&1 || { echo "error: make data failed (venv, install or data): see $log" >&2; exit 2; }
 exec .venv/bin/python -m zoneout.train "experiment=ptb_char/$row" scale=paper "seed=$seed" "name=$name" \
     "trainer.clip=$clip" model.init=orthogonal_square_blocks trainer.threads=1 trainer.resume=true \
-    logger=csv trainer.progress=false "$@" >>"$runs/paper/$name/seed$seed.log" 2>&1
+    logger=csv trainer.progress=false "$@" >>"$log" 2>&1
