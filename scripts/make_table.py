@@ -15,12 +15,20 @@ that scale (zoneout/run_identity.py, the rule resuming applies). A sweep member 
 overrides keeps the experiment's name: any such run found stops the table with one line naming it and
 the setting that differs, and nothing is written (a kept copy in results/ is never replaced by it).
 An unreadable summary.json, config.yaml or metrics.jsonl stops it the same way.
+
+    python scripts/make_table.py table1_ptb_char --scale quick model.hidden_size=25 ...
+
+builds the table of runs made with those extra overrides (what `replicate.py ... <overrides>` ran). If
+they change what a row trains, those runs are not the rows as configured: their table, and the copies
+of their runs, go to results/<scale>/overrides-<hash>/ (the overrides written at the top of the table),
+never over results/<scale>/.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import functools
+import hashlib
 import io
 import json
 import math
@@ -122,32 +130,59 @@ def read_metrics(path: Path) -> list[dict]:
     return metrics
 
 
+def run_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The overrides that reach a run's config (Hydra's own settings, hydra.*, do not)."""
+    return tuple(o for o in overrides if not o.lstrip("+~").startswith("hydra"))
+
+
 @functools.lru_cache(maxsize=None)
-def composed_config(experiment: str, scale: str) -> dict:
-    """The row's experiment at `scale` as the configs compose it now, resolved (read-only: it is cached)."""
+def composed_config(experiment: str, scale: str, overrides: tuple[str, ...] = ()) -> dict:
+    """The row's experiment at `scale` (plus extra overrides) as the configs compose it now, resolved
+    (read-only: it is cached)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     try:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            cfg = compose("config", overrides=[f"experiment={experiment}", f"scale={scale}"])
+            cfg = compose("config", overrides=[f"experiment={experiment}", f"scale={scale}", *run_overrides(overrides)])
         return OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # noqa: BLE001 - any composition error means no run can be checked
-        raise ValueError(f"experiment={experiment} scale={scale} does not compose: {' '.join(str(error).split())}") from None
+        extra = f" {' '.join(overrides)}" if overrides else ""
+        raise ValueError(f"experiment={experiment} scale={scale}{extra} does not compose: {' '.join(str(error).split())}") from None
 
 
-def check_same_experiment(folder: Path, summary: dict, experiment: str, scale: str) -> None:
+def changed_rows(spec: dict, scale: str, overrides: tuple[str, ...]) -> str | None:
+    """'row: setting: configured, now overridden' for the first row the overrides change, else None."""
+    for row in (r for r in spec["rows"] if r.get("experiment")):
+        difference = first_difference(composed_config(row["experiment"], scale),
+                                      composed_config(row["experiment"], scale, run_overrides(overrides)))
+        if difference is not None:
+            return f"{row['experiment']}: {difference}"
+    return None
+
+
+def table_dir(spec: dict, scale: str, overrides: tuple[str, ...] = ()) -> Path:
+    """results/<scale>/, or results/<scale>/overrides-<hash>/ for runs whose overrides change the rows."""
+    if not overrides or changed_rows(spec, scale, overrides) is None:
+        return results_root() / scale
+    digest = hashlib.sha256("\n".join(run_overrides(overrides)).encode()).hexdigest()[:8]
+    return results_root() / scale / f"overrides-{digest}"
+
+
+def check_same_experiment(folder: Path, summary: dict, experiment: str, scale: str, overrides: tuple[str, ...] = ()) -> None:
     """Refuse a run under the row's name that ran another config: it must never become the row, nor
     replace the row's kept copy. Settings that cannot change the result may differ (first_difference)."""
-    expected = {**composed_config(experiment, scale), "seed": summary["seed"]}  # one experiment, many seeds
+    expected = {**composed_config(experiment, scale, run_overrides(overrides)), "seed": summary["seed"]}  # many seeds
     difference = first_difference(read_config(folder / "config.yaml"), expected)
     if difference is not None:
-        raise ValueError(f"{folder} is named {experiment} but is not that experiment at {scale} scale ({difference}); "
-                         "nothing written: move that run folder elsewhere (a sweep member or a run with other "
-                         "overrides is not this row)")
+        extra = f" with {' '.join(overrides)}" if overrides else ""
+        raise ValueError(f"{folder} is named {experiment} but is not that experiment at {scale} scale{extra} "
+                         f"({difference}); nothing written: move that run folder elsewhere (a sweep member or a run "
+                         "with other overrides is not this row; the overrides it ran with build its own table)")
 
 
-def find_runs(scale: str, experiment: str, out_dir: Path | None = None) -> list[tuple[dict, Path]]:
+def find_runs(scale: str, experiment: str, out_dir: Path | None = None,
+              overrides: tuple[str, ...] = ()) -> list[tuple[dict, Path]]:
     """Finished runs of one row at one scale, wherever they were written (plain runs, multiruns, or the
     copies a table keeps in results/); one per seed, the newest. Each must be the row's experiment."""
     found = []
@@ -155,7 +190,7 @@ def find_runs(scale: str, experiment: str, out_dir: Path | None = None) -> list[
         for summary_path in sorted(root.rglob("summary.json")) if root.is_dir() else []:
             summary = read_summary(summary_path)
             if summary.get("name") == experiment and summary.get("scale") == scale and summary.get("status") == "finished":
-                check_same_experiment(summary_path.parent, summary, experiment, scale)
+                check_same_experiment(summary_path.parent, summary, experiment, scale, overrides)
                 found.append((summary, summary_path.parent))
     unique = {}
     for summary, folder in sorted(found, key=lambda run: (run[1] / "summary.json").stat().st_mtime):
@@ -296,12 +331,17 @@ def rows_it_would_lose(existing_csv: Path, rows: list[dict]) -> list[str]:
 
 
 def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path | None = None,
-                force: bool = False, seeds: list[int] = ()) -> list[dict]:
+                force: bool = False, seeds: list[int] = (), overrides: list[str] | tuple[str, ...] = ()) -> list[dict]:
     """Build and write the table. `seeds`: seeds every row should have, besides every seed found among
-    its rows; a row without some of them says which (its mean is over fewer seeds)."""
+    its rows; a row without some of them says which (its mean is over fewer seeds). `overrides`: the extra
+    overrides the runs were made with; where they change the rows, the table is theirs (table_dir)."""
     digits = 1 if spec["metric"] == "perplexity" else 3
+    overrides = run_overrides(overrides)
+    changed = changed_rows(spec, scale, overrides) if overrides else None
+    out_dir = out_dir or table_dir(spec, scale, overrides)
     # A row without an experiment (e.g. a cited HyperLSTM figure) has nothing of ours to run.
-    found = [(row, find_runs(scale, row["experiment"], out_dir) if row.get("experiment") else []) for row in spec["rows"]]
+    found = [(row, find_runs(scale, row["experiment"], out_dir, overrides) if row.get("experiment") else [])
+             for row in spec["rows"]]
     table_seeds = sorted(set(seeds) | {summary["seed"] for _, runs in found for summary, _ in runs})
     rows, curves, by_name = [], [], {}
     for row, runs in found:
@@ -309,7 +349,6 @@ def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path
         rows.append(entry)
         by_name[row["name"]] = entry
         curves.extend(row_curves)
-    out_dir = out_dir or results_root() / scale
     lost = rows_it_would_lose(out_dir / f"{spec['table']}.csv", rows)
     if lost and not force:
         raise ValueError(f"{out_dir / spec['table']}.md has results for {len(lost)} row(s) with no finished run under "
@@ -317,7 +356,8 @@ def build_table(spec: dict, scale: str, print_table: bool = False, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     for row, runs in found:
         keep_runs(runs, row["experiment"], kept_runs_dir(scale, out_dir))
-    markdown = render_markdown(spec, scale, rows, digits) + render_claims(check_claims(spec, by_name), digits)
+    markdown = render_markdown(spec, scale, rows, digits, overrides if changed else (), changed) + \
+        render_claims(check_claims(spec, by_name), digits)
     atomic_write_text(out_dir / f"{spec['table']}.md", markdown)
     atomic_write_text(out_dir / f"{spec['table']}.csv", render_csv(rows))
     if curves:
@@ -346,10 +386,13 @@ def seeds_text(entry: dict) -> str:
     return f"{entry['seeds']} of {entry['table_seeds']} (missing {entry['missing_seeds']})"
 
 
-def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int) -> str:
+def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int, overrides: tuple[str, ...] = (),
+                    changed: str | None = None) -> str:
     scale_note = "Paper scale." if scale == "paper" else SCALE_NOTES.get(scale, f"**{scale.upper()} SCALE — not the paper's scale.**") + \
         f" Shrink: {spec.get(f'{scale}_scale', 'see configs/dataset/*.yaml')}"
-    lines = [f"# {spec['title']}", "", scale_note, "",
+    override_note = [f"**Runs made with extra overrides `{' '.join(overrides)}`, which change the rows "
+                     f"({changed}): not the rows as configured.**", ""] if overrides else []
+    lines = [f"# {spec['title']}", "", scale_note, "", *override_note,
              f"Ours: best-validation checkpoint, mean ± std over seeds. Paper: {spec['source']}.", "",
              "| row | ours valid | ours test | paper valid | paper test | Δ test (ours − paper) | epochs | wall (min) | seeds | device | commit |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -454,13 +497,14 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[], metavar="SEED",
                         help="seeds every row should have (default: every seed found among the table's rows); "
                              "a row without one of them says so")
+    parser.add_argument("overrides", nargs="*", help="the extra Hydra overrides the runs were made with")
     args = parser.parse_args()
     try:
         spec = load_table_spec(args.table)
         if spec.get("script") or not spec.get("rows"):  # gradient flow and the toys are not run-folder tables
             raise ValueError(f"{args.table} is not built from run folders: it is made by "
                              f"{spec.get('script') or f'the command in experiments/{args.table}.yaml'}")
-        build_table(spec, args.scale, print_table=True, force=args.force, seeds=args.seeds)
+        build_table(spec, args.scale, print_table=True, force=args.force, seeds=args.seeds, overrides=args.overrides)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

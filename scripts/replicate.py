@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_table import build_table, kept_runs_dir, load_table_spec, runs_root, scales  # noqa: E402
+from make_table import build_table, kept_runs_dir, load_table_spec, runs_root, scales, table_dir  # noqa: E402
 from zoneout.stopping import stopped_for_good  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def stopping_rule(experiment: str, scale: str, overrides: list[str]) -> tuple[in
         return None
 
 
-def finished(scale: str, experiment: str, seed: int, rule: tuple[int, int] | None) -> bool:
+def finished(scale: str, experiment: str, seed: int, rule: tuple[int, int] | None, kept: Path | None = None) -> bool:
     """A run with nothing left to do under the current stopping rule (max_epochs, patience), in its run
     folder or in the copy a table keeps under results/<scale>/runs (a table that grows over sessions or
     machines: the run folders of earlier sessions are gone). A run that the epoch cap stopped is not
@@ -63,7 +63,7 @@ def finished(scale: str, experiment: str, seed: int, rule: tuple[int, int] | Non
     kept copy is left, runs again."""
     if rule is None:
         return False
-    for folder in (run_folder(scale, experiment, seed), kept_runs_dir(scale) / experiment / f"seed{seed}"):
+    for folder in (run_folder(scale, experiment, seed), (kept or kept_runs_dir(scale)) / experiment / f"seed{seed}"):
         summary = read_summary(folder)
         if summary is not None and stopped_for_good(summary, *rule):
             return True
@@ -170,11 +170,16 @@ def main() -> int:
     since = time.time() - 1.0  # errors written from now on are this attempt's
     launcher_tail: list[str] = []
     launcher_status = 0
+    try:  # where the table keeps its runs: results/<scale>/runs, or its overrides' own folder
+        kept = kept_runs_dir(args.scale, table_dir(table_spec, args.scale, tuple(args.overrides)))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     runs = []  # what to run: rows with an experiment (not a figure cited from another paper), not finished yet
     for row in (r for r in spec["rows"] if r.get("experiment")):
         rule = stopping_rule(row["experiment"], args.scale, args.overrides)
         for seed in args.seeds:
-            if not args.force and finished(args.scale, row["experiment"], seed, rule):
+            if not args.force and finished(args.scale, row["experiment"], seed, rule, kept):
                 print(f"[skip] {row['experiment']} seed {seed}: already finished", flush=True)
             else:
                 runs.append((row, seed))
@@ -225,7 +230,8 @@ def main() -> int:
               f"({launcher_error(launcher_tail)}), though every run finished", file=sys.stderr)
         status = 1
     try:
-        build_table(table_spec, args.scale, print_table=True, seeds=args.seeds)  # a row without one says so
+        # a row without one of the seeds says so; runs whose overrides change the rows get a table of their own
+        build_table(table_spec, args.scale, print_table=True, seeds=args.seeds, overrides=args.overrides)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         status = 1

@@ -529,6 +529,32 @@ def test_a_run_of_another_config_is_refused_and_the_kept_copy_is_unchanged(runs,
     assert kept_config.read_bytes() == before[kept_config]
 
 
+def test_runs_made_with_overrides_build_their_own_table_beside_the_rows(runs, tmp_path, monkeypatch, capsys):
+    """`replicate.py ... model.hidden_size=25` ran every row smaller: the table of those runs is built when
+    the same overrides are given, into results/<scale>/overrides-<hash>/ with the overrides written at its
+    top; the rows as configured (results/<scale>/) refuse them, and an override that cannot change a run
+    (trainer.threads) builds the rows' own table."""
+    root, dirs = runs
+    for run_dir in dirs[:4]:
+        set_setting(run_dir, "model.hidden_size", 25)
+    results = tmp_path / "results" / "quick"
+    assert build_from_the_command_line(monkeypatch) == 2
+    assert "(model.hidden_size: 25, now 128)" in capsys.readouterr().err
+    assert not results.exists()
+    assert build_from_the_command_line(monkeypatch, "model.hidden_size=25", "trainer.threads=1") == 0
+    tables = list(results.glob("overrides-*/table1_ptb_char.md"))
+    assert len(tables) == 1 and not (results / "table1_ptb_char.md").exists()
+    markdown = tables[0].read_text()
+    assert "extra overrides `model.hidden_size=25 trainer.threads=1`" in markdown
+    assert "not the rows as configured" in markdown
+    assert table_line(markdown, "Zoneout (z_c = 0.5, z_h = 0.05)")[1].startswith("1.52")
+    assert (tables[0].parent / "runs" / "ptb_char" / "zoneout" / "seed0" / "config.yaml").exists()
+    for run_dir in dirs[:4]:
+        set_setting(run_dir, "model.hidden_size", make_table.composed_config("ptb_char/zoneout", "quick")["model"]["hidden_size"])
+    assert build_from_the_command_line(monkeypatch, "trainer.threads=1") == 0
+    assert "extra overrides" not in (results / "table1_ptb_char.md").read_text()
+
+
 def test_a_row_missing_a_seed_says_which(runs, tmp_path, monkeypatch, capsys):
     root, dirs = runs
     (dirs[1] / "summary.json").unlink()  # zoneout seed 1: its summary lost

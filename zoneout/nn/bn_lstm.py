@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, keep_or_update, scale_update
+from zoneout.nn.sequences import RecurrentInputError, check_sequence_length
 
 IMPLS = ("auto", "reference", "fused")
 
@@ -262,16 +263,17 @@ class BatchNormLSTM(nn.Module):
         """Same contract as nn.LSTM.forward: input (T, B, I) ((B, T, I) with batch_first), hx = (h0, c0)
         each (num_layers, B, H) -> output (T, B, H), (h_n, c_n)."""
         if input.dim() != 3 or input.shape[-1] != self.input_size:
-            raise ValueError(f"input must be (T, B, {self.input_size}) (or batch_first), got {tuple(input.shape)}")
+            raise RecurrentInputError(f"input must be (T, B, {self.input_size}) (or batch_first), got {tuple(input.shape)}")
         if self.batch_first:
             input = input.transpose(0, 1)
+        check_sequence_length(input.shape[0])
         seq_len, batch = input.shape[0], input.shape[1]
         if hx is None:
             zeros = input.new_zeros(self.num_layers, batch, self.hidden_size)
             hx = (zeros, zeros)
         expected = (self.num_layers, batch, self.hidden_size)
         if tuple(hx[0].shape) != expected or tuple(hx[1].shape) != expected:
-            raise ValueError(f"hx must be two tensors of shape {expected}, got "
+            raise RecurrentInputError(f"hx must be two tensors of shape {expected}, got "
                              f"{tuple(hx[0].shape)} and {tuple(hx[1].shape)}")
         h_n, c_n, layer_input = [], [], input
         for layer in range(self.num_layers):

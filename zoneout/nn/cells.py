@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from zoneout.nn.gru import gru_cell_step
 from zoneout.nn.lstm import IMPLS, _resolve_impl
 from zoneout.nn.noise import RecurrentNoise
-from zoneout.nn.sequences import compute_dtype
+from zoneout.nn.sequences import RecurrentInputError, check_state_dtype, compute_dtype
 from zoneout.nn.zoneout_noise import Zoneout
 
 
@@ -73,8 +73,8 @@ class _ZoneoutCell(nn.Module):
 
     def _input(self, input: Tensor) -> tuple[Tensor, bool]:
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
-            raise ValueError(f"input must be (batch, {self.input_size}) or ({self.input_size},), "
-                             f"got {tuple(input.shape)}")
+            raise RecurrentInputError(f"input must be (batch, {self.input_size}) or ({self.input_size},), "
+                                      f"got {tuple(input.shape)}")
         unbatched = input.dim() == 1
         input = input.unsqueeze(0) if unbatched else input
         return input.to(compute_dtype(input, self.weight_ih)), unbatched
@@ -84,7 +84,8 @@ class _ZoneoutCell(nn.Module):
             return input.new_zeros(input.shape[0], self.hidden_size)
         expected = (self.hidden_size,) if unbatched else (input.shape[0], self.hidden_size)
         if tuple(state.shape) != expected:
-            raise ValueError(f"{name} must have shape {expected}, got {tuple(state.shape)}")
+            raise RecurrentInputError(f"{name} must have shape {expected}, got {tuple(state.shape)}")
+        check_state_dtype(state, name, input.dtype)
         return (state.unsqueeze(0) if unbatched else state).to(input.dtype)
 
     def _noise(self, batch: int, device) -> RecurrentNoise:
@@ -112,7 +113,7 @@ class ZoneoutLSTMCell(_ZoneoutCell):
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
         input, unbatched = self._input(input)
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise ValueError("hx must be a tuple (h, c)")
+            raise RecurrentInputError("hx must be a tuple (h, c)")
         h = self._state(None if hx is None else hx[0], "h", input, unbatched)
         c = self._state(None if hx is None else hx[1], "c", input, unbatched)
         h, c = zoneout_lstm_cell(input, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,

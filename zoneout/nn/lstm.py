@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence
 from zoneout.nn import reference
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability
 from zoneout.nn.noise import capturing as _capturing
-from zoneout.nn.sequences import (compute_dtype, finish_output, finish_state, initial_state, prepare_input)
+from zoneout.nn.sequences import (RecurrentInputError, compute_dtype, finish_output, finish_state, initial_state, prepare_input)
 from zoneout.nn.stack import run_layers
 from zoneout.nn.zoneout_noise import Zoneout
 
@@ -128,7 +128,7 @@ class LSTM(nn.Module):
         prepared.x = prepared.x.to(dtype)
         rows = self.num_layers * self.num_directions
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise ValueError("hx must be a tuple (h_0, c_0)")
+            raise RecurrentInputError("hx must be a tuple (h_0, c_0)")
         states = tuple(initial_state(None if hx is None else hx[k], name, prepared, rows, self.hidden_size, dtype)
                        for k, name in enumerate(("h_0", "c_0")))
         layer_fn = _resolve_impl(self.impl)

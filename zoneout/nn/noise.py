@@ -8,6 +8,7 @@ mask. In eval it is the float expectation. None means "no noise of that kind".
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -96,6 +97,10 @@ class RecurrentNoiseSource(nn.Module):
 
 
 def check_probability(name: str, value: float) -> float:
+    """A real number in [0, 1]; like nn's dropout, a bool (True would be 1.0: every unit kept, or
+    dropped) and a non-number (a string) are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a probability in [0, 1] (a real number), got {value!r} ({type(value).__name__})")
     value = float(value)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value}")

@@ -15,6 +15,11 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
+class RecurrentInputError(ValueError, RuntimeError):
+    """A bad input or state at forward time: a ValueError, as this library has always raised, and a
+    RuntimeError, as nn.LSTM/nn.GRU/nn.RNN raise for the same input (code written for nn catches it)."""
+
+
 @dataclass
 class Prepared:
     x: Tensor  # (T, B, I) time-major; for packed input padded with zeros, in the pack's sorted order
@@ -27,7 +32,7 @@ class Prepared:
 def prepare_input(input: Union[Tensor, PackedSequence], input_size: int, batch_first: bool) -> Prepared:
     if isinstance(input, PackedSequence):
         if input.data.dim() != 2 or input.data.shape[-1] != input_size:
-            raise ValueError(f"packed input data must be (N, {input_size}), got {tuple(input.data.shape)}")
+            raise RecurrentInputError(f"packed input data must be (N, {input_size}), got {tuple(input.data.shape)}")
         # a pack without its permutation pads in its own (sorted) order
         padded, lengths = pad_packed_sequence(PackedSequence(input.data, input.batch_sizes))
         return Prepared(padded, lengths.tolist(), lengths.to(padded.device).unsqueeze(0), input)
@@ -35,10 +40,18 @@ def prepare_input(input: Union[Tensor, PackedSequence], input_size: int, batch_f
     if unbatched:
         input = input.unsqueeze(1)
     if input.dim() != 3 or input.shape[-1] != input_size:
-        raise ValueError(f"input must be (T, B, {input_size}) (or batch_first), got {tuple(input.shape)}")
+        raise RecurrentInputError(f"input must be (T, B, {input_size}) (or batch_first), got {tuple(input.shape)}")
     if batch_first and not unbatched:
         input = input.transpose(0, 1)
+    check_sequence_length(input.shape[0])
     return Prepared(input, unbatched=unbatched)
+
+
+def check_sequence_length(steps: int) -> None:
+    """nn.LSTM/GRU/RNN refuse an empty sequence (there is no last step to return as h_n): so do we."""
+    if steps == 0:
+        raise RecurrentInputError("input has sequence length 0: a recurrent layer needs at least one step "
+                                  "(nn.LSTM raises 'Expected sequence length to be larger than 0' too)")
 
 
 def finish_output(output: Tensor, prepared: Prepared, batch_first: bool) -> Union[Tensor, PackedSequence]:
@@ -60,8 +73,9 @@ def initial_state(hx: Optional[Tensor], name: str, prepared: Prepared, rows: int
         return torch.zeros(rows, batch, hidden, dtype=dtype, device=x.device)
     expected = (rows, hidden) if prepared.unbatched else (rows, batch, hidden)
     if tuple(hx.shape) != expected:
-        raise ValueError(f"hx {name} must have shape (num_layers * num_directions, [batch,] hidden_size) = "
-                         f"{expected}, got {tuple(hx.shape)}")
+        raise RecurrentInputError(f"hx {name} must have shape (num_layers * num_directions, [batch,] hidden_size) = "
+                                  f"{expected}, got {tuple(hx.shape)}")
+    check_state_dtype(hx, name, dtype)
     if prepared.unbatched:
         hx = hx.unsqueeze(1)
     if prepared.packed is not None and prepared.packed.sorted_indices is not None:
@@ -75,6 +89,14 @@ def finish_state(state: Tensor, prepared: Prepared) -> Tensor:
     return state.squeeze(1) if prepared.unbatched else state
 
 
+def check_state_dtype(state: Tensor, name: str, dtype: torch.dtype) -> None:
+    """A state of another dtype than the recurrence is refused like the input is (nn.LSTM raises too);
+    under torch.autocast it is cast to the parameters' dtype, as the input is."""
+    if state.dtype != dtype and not (state.is_floating_point() and torch.is_autocast_enabled(state.device.type)):
+        raise RecurrentInputError(f"{name} dtype {state.dtype} does not match the parameters' {dtype}: cast it "
+                                  f"({name}.to({dtype})) or the module, or run under torch.autocast")
+
+
 def compute_dtype(input: Tensor, parameter: Tensor) -> torch.dtype:
     """The dtype the recurrence runs in: the parameters'. Under torch.autocast the input is cast to it
     (the reference loop then gets autocast's low-precision GEMMs while h and c stay in the parameters'
@@ -84,5 +106,5 @@ def compute_dtype(input: Tensor, parameter: Tensor) -> torch.dtype:
         return parameter.dtype
     if input.is_floating_point() and torch.is_autocast_enabled(input.device.type):
         return parameter.dtype
-    raise ValueError(f"input dtype {input.dtype} does not match the parameters' {parameter.dtype}: cast the module "
+    raise RecurrentInputError(f"input dtype {input.dtype} does not match the parameters' {parameter.dtype}: cast the module "
                      f"(module.to({input.dtype})) or the input, or run under torch.autocast")
