@@ -498,7 +498,7 @@ def main() -> int:
                         help="seeds every row should have (default: every seed found among the table's rows); "
                              "a row without one of them says so")
     parser.add_argument("overrides", nargs="*", help="the extra Hydra overrides the runs were made with")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may come before or after the options
     try:
         spec = load_table_spec(args.table)
         if spec.get("script") or not spec.get("rows"):  # gradient flow and the toys are not run-folder tables

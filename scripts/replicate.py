@@ -148,7 +148,7 @@ def main() -> int:
                         help="run rows even where a finished run is kept in results/<scale>/runs "
                              "(a live run folder that finished is still skipped by trainer.resume)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every row")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may come before or after the options
     try:
         spec = load_table_spec(args.table)
     except ValueError as error:
