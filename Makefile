@@ -28,7 +28,7 @@ TABLE_fig3 := fig3_zoneout_grid
 TABLE_gru-rnn := text_gru_rnn
 TABLES := ptb-char ptb-word text8 pmnist fig3 gru-rnn
 
-.PHONY: evidence paper-trajectory help install install-slurm slurm-vs-sequential data data-text8 test test-fast smoke bench \
+.PHONY: lint evidence paper-trajectory help install install-slurm slurm-vs-sequential data data-text8 test test-fast smoke bench \
 	replicate-gradient-flow replicate-semantic-consistency replicate-seq2seq-addition $(addprefix replicate-,$(TABLES)) clean
 
 help:  ## list the targets
@@ -53,6 +53,9 @@ data: install  ## fetch + verify PTB (word, char) and MNIST (mirror: ../shared/d
 
 test: data  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+lint: install  ## ruff check (settings in pyproject.toml; CI runs it before the tests)
+	$(BIN)/ruff check .
 
 test-fast: data  ## tests without the slow end-to-end ones
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -1,4 +1,4 @@
-"""Training-step benchmark of the zoneout LSTM implementations (issue 4). A script, never a test.
+"""Training-step benchmark of the zoneout LSTM implementations. A script, never a test.
 
 A step = forward + backward + Adam through an LM head (one-hot 50 -> LSTM -> Linear(H, 50),
 cross-entropy) at T=100, B in {32, 128}, H in {256, 1000}, plus pMNIST's shape (T=784, B=100,
@@ -13,7 +13,7 @@ rows (noise on a shared machine hits all of them alike); the table reports media
     python scripts/bench.py --device cuda --ptb-epoch [--tf32] [--bf16] [--cuda-graphs]
     python scripts/bench.py --tts-only [--tiny]   # only the speech/TTS rows (bench_tts.py); --tiny: a smoke check
     python scripts/bench.py --bn-only [--tiny]    # only the recurrent-BN LSTM rows (bench_bn.py)
-    python scripts/bench.py --rnn gru|rnn [--quick]  # GRU / tanh-RNN rows instead (CPU; issue 10)
+    python scripts/bench.py --rnn gru|rnn [--quick]  # GRU / tanh-RNN rows instead (CPU)
 
 With --rnn gru (rnn): nn.GRU (nn.RNN, tanh), GRU (RNN)(impl="reference") and (impl="fused") with
 z_h = 0.05, written to results/bench_cpu_gru.md (_rnn.md); no TTS rows, no targets.

@@ -1,4 +1,4 @@
-"""Benchmark rows for the recurrent-BN LSTM (issue 10), run by scripts/bench.py: a training step of
+"""Benchmark rows for the recurrent-BN LSTM, run by scripts/bench.py: a training step of
 BatchNormLSTM with impl="reference" (the per-step loop under autograd) and impl="fused" (one
 autograd.Function, C++ kernels on the CPU), in one process with interleaved repetitions (time_rows),
 at the shapes of the rows that use it: char-PTB quick and small (T=100, B=32, H=128 / 256, one-hot

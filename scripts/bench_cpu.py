@@ -1,5 +1,5 @@
 """`make bench` on a CPU: every fused layer against its PyTorch counterpart, per thread count, into
-results/bench_cpu_<vendor>.md (a speed claim names the CPU that measured it; issue 10).
+results/bench_cpu_<vendor>.md (a speed claim names the CPU that measured it).
 
 For each --threads value it runs scripts/bench.py once per layer kind, each in its own process:
 LSTM (fused vs nn.LSTM, plus the recurrent-BN rows: fused vs the reference loop), GRU (vs nn.GRU) and tanh-RNN

@@ -1,4 +1,4 @@
-"""Benchmark rows for speech/TTS use (issue 11), run by scripts/bench.py: a bidirectional layer
+"""Benchmark rows for speech/TTS use, run by scripts/bench.py: a bidirectional layer
 (Tacotron 2's encoder LSTM, padded and packed) and a 200-step decoder loop of one LSTM cell (its
 decoder LSTMs), each against PyTorch's own module, in one process with interleaved repetitions
 (time_rows), so the ratios compare like with like. Zoneout 0.1 on c and h, as in Tacotron 2.

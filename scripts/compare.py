@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 from make_table import plot_curves, render_csv, render_markdown, summarize_row  # noqa: E402
+
 from zoneout.atomic import atomic_write_text  # noqa: E402
 
 

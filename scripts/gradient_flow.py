@@ -6,7 +6,7 @@
 Trains the three 1-layer LSTMs of experiments/fig6_gradient_flow.yaml for one epoch per seed
 (configs/experiment/pmnist/gradflow_*.yaml): unregularized, zoneout z_c = 0.5, and dropout ON THE
 RECURRENT CELL p = 0.5 (c_t = m * c~_t, m ~ Bernoulli(1 - p): the dropout counterpart of zoneout on c,
-REPLICATION §2.5; only this script implements it). Then, on a fixed validation batch, it computes the
+docs/replication.md §2.5; only this script implements it). Then, on a fixed validation batch, it computes the
 mean over the batch of |dL/dc~_t| for every timestep t -- c~_t is the candidate cell before
 zoneout/dropout, where the original code added its zero "dummy" tensor -- and normalises by the sum over t.
 
@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_table import judge, load_table_spec, save_figure  # noqa: E402
+
 from zoneout.atomic import atomic_write_text  # noqa: E402
 from zoneout.nn.lstm import LSTM  # noqa: E402
 from zoneout.nn.noise import RecurrentNoise, bernoulli_mask, keep_or_update  # noqa: E402

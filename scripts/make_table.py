@@ -260,7 +260,7 @@ def summarize_row(row: dict, runs: list[tuple[dict, Path]], metric: str,
                       "wall_missing": sum(s.get("wall_seconds") is None for s, _ in runs),
                       "seeds": " ".join(str(s["seed"]) for s, _ in runs),
                       "device": runs[0][0]["device"], "commit": " ".join(sorted({s["commit"] for s, _ in runs}))})
-        for summary, run_dir in runs:
+        for _, run_dir in runs:
             metrics = read_metrics(run_dir / "metrics.jsonl")
             curves.append((row["label"], [m["epoch"] for m in metrics], [m[f"valid_{metric}"] for m in metrics],
                            [m.get(f"train_{metric}") for m in metrics]))
@@ -407,7 +407,8 @@ def render_markdown(spec: dict, scale: str, rows: list[dict], digits: int, overr
             delta = "–" if r["paper_test"] is None else f"{r['test_mean'] - r['paper_test']:+.{digits}f}"
             lines.append(f"| {label} | {fmt(r['valid_mean'], r['valid_std'], r['n_seeds'], digits)} | "
                          f"{fmt(r['test_mean'], r['test_std'], r['n_seeds'], digits)} | {show(r['paper_valid'])} | "
-                         f"{show(r['paper_test'])} | {delta} | {r['epochs']} | {r['wall_minutes']} | {seeds_text(r)} | {r['device']} | {r['commit']} |")
+                         f"{show(r['paper_test'])} | {delta} | {r['epochs']} | {r['wall_minutes']} | {seeds_text(r)} | "
+                         f"{r['device']} | {r['commit']} |")
     if any("*" in str(r.get("epochs", "")) for r in rows):
         lines += ["", "\\* stopped by the epoch cap (`trainer.max_epochs`), not by early stopping: that run may still "
                   "have been improving, so its row understates what it would reach."]

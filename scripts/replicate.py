@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_table import build_table, kept_runs_dir, load_table_spec, runs_root, scales, table_dir  # noqa: E402
-from zoneout.stopping import stopped_for_good  # noqa: E402
 
+from zoneout.stopping import stopped_for_good  # noqa: E402
 
 ERROR_FILE = "error.txt"  # zoneout.train.ERROR_FILE
 

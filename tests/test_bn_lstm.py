@@ -57,7 +57,7 @@ def make_model(seed=0, **kwargs):
     torch.manual_seed(seed)
     model = BatchNormLSTM(I, H, **{"max_length": 10, **kwargs}).double()
     with torch.no_grad():  # move gammas/betas/biases off their init so the oracle checks every term
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.dim() == 1:
                 parameter.add_(0.05 * torch.randn_like(parameter))
     return model

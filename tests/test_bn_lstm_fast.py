@@ -15,7 +15,6 @@ from zoneout.models.build import build_model
 from zoneout.nn.bn_lstm import BatchNormLSTM, recalibrate_population
 from zoneout.nn.fused import bn_function, bn_torch_kernels, cpu_ext
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource
-from zoneout.regularizers import RecurrentDropout, Zoneout
 
 ROOT = Path(__file__).resolve().parent.parent
 I, H, B = 3, 6, 5

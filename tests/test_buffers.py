@@ -47,7 +47,7 @@ def test_a_held_block_is_never_handed_out_again_and_a_dropped_one_is_reused():
 def test_anything_sharing_the_storage_keeps_the_block_held(keep):
     tensor = buffers.take((4, 5), torch.float32)
     address = tensor.data_ptr()
-    kept = {"slice": lambda: tensor[1], "detach": tensor.detach, "view": lambda: tensor.view(20),
+    kept = {"slice": lambda: tensor[1], "detach": tensor.detach, "view": lambda: tensor.view(20),  # noqa: F821 - called before the del
             "numpy": tensor.numpy}[keep]()
     del tensor
     assert buffers.take((4, 5), torch.float32).data_ptr() != address

@@ -1,4 +1,4 @@
-"""The two clipping rules of train.py against hand-computed Adam steps (REPLICATION §1.5: the authors'
+"""The two clipping rules of train.py against hand-computed Adam steps (docs/replication.md §1.5: the authors'
 Adam rows clip the lr-scaled step, Blocks' StepClipping; §6.7: gradient-norm clipping)."""
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def test_batches_apply_the_permutation_and_scale_to_unit_interval(mnist):
     batches = mnist_batches(images, labels, 100, permutation)
     x, y = next(iter(batches))
     assert x.dtype == torch.float32 and x.shape == (100, 784) and torch.equal(y, labels[:100])
-    assert 0.0 <= x.min().item() and x.max().item() == 1.0
+    assert x.min().item() >= 0.0 and x.max().item() == 1.0
     position = int((permutation == 14 * 28 + 14).nonzero())  # where the centre pixel is shown
     assert x[0, position].item() == images[0, 14 * 28 + 14].item() / 255.0
     assert torch.equal(x, images[:100][:, permutation].float() / 255)

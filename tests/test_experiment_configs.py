@@ -1,4 +1,4 @@
-"""Every experiment config (one row of a paper table or figure) against REPLICATION.md §2-§6, and every
+"""Every experiment config (one row of a paper table or figure) against docs/replication.md §2-§6, and every
 experiments/*.yaml table against its configs and the paper's numbers (§3). Compose and build only: no training."""
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ REG_KNOBS = {"zoneout_cell": 0.0, "zoneout_hidden": 0.0, "zoneout_shared_mask": 
 VOCAB = {"ptb_char": 50, "ptb_word": 10_000, "text8": 27, "pmnist": None}
 
 
-# The settings of REPLICATION.md, written out independently of the config files.
+# The settings of docs/replication.md, written out independently of the config files.
 def char(cell="lstm", lr=0.002, **reg):  # §2.1, §6.6-6.9, §6.14
     # The authors' char-PTB code's init (§1.5: square gcd blocks), except recurrent BN, whose code is Cooijmans'.
     return dict(dataset="ptb_char", cell=cell, hidden=1000, layers=1, optim="adam", lr=lr, lr_decay=1.0, decay_start=0,
@@ -99,7 +99,7 @@ EXPECTED = {
     "pmnist/gradflow_cell_dropout": pmnist(epochs=1, cell_dropout=0.5),
 }
 
-# REPLICATION.md §3: (table, experiment) -> (valid, test) exactly as the paper reports them.
+# docs/replication.md §3: (table, experiment) -> (valid, test) exactly as the paper reports them.
 PAPER = {
     ("table1_ptb_char", "ptb_char/unregularized"): (1.466, 1.356), ("table1_ptb_char", "ptb_char/weight_noise"): (1.507, 1.344),
     ("table1_ptb_char", "ptb_char/norm_stabilizer"): (1.459, 1.352), ("table1_ptb_char", "ptb_char/stochastic_depth"): (1.432, 1.343),
@@ -163,7 +163,7 @@ def test_hyperparameters_match_replication(name):
     elif want["dataset"] != "pmnist":
         assert m.input == "onehot" and d.loader == "chunks"
     if want["cell"] == "rnn":
-        assert m.nonlinearity == "tanh"  # REPLICATION §6.14
+        assert m.nonlinearity == "tanh"  # docs/replication.md §6.14
     for knob, default in REG_KNOBS.items():
         assert cfg.regularizer.get(knob, 0.0 if knob == "cell_dropout" else None) == want["reg"].get(knob, default), knob
 
@@ -291,7 +291,7 @@ def test_table_rows_match_configs_and_paper(table):
         assert all(v is None for row in spec["rows"] for v in row["paper"].values())
 
 
-# The paper's orderings each table checks (REPLICATION.md §3: Table 1 caption and text, Table 2 caption, §3.3).
+# The paper's orderings each table checks (docs/replication.md §3: Table 1 caption and text, Table 2 caption, §3.3).
 CLAIMS = {
     "table1_ptb_char": ["zoneout<unregularized", "zoneout<weight_noise", "zoneout<norm_stabilizer",
                         "zoneout<stochastic_depth", "zoneout<recurrent_dropout", "zoneout<recurrent_batchnorm",

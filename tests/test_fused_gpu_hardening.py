@@ -1,7 +1,7 @@
 """The GPU path's plumbing, checked on the CPU (Triton under TRITON_INTERPRET=1, mocks where a GPU
 would be needed): the CUDA-graph cache (inference_mode then no_grad, its key, its memory bound),
 the fp32-output low-precision GEMM chosen by capability, no host copies or reads per call, and
-the device guard around every launch and capture (issue 14). The GPU-only checks are in
+the device guard around every launch and capture. The GPU-only checks are in
 tests/test_fused_triton.py."""
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ from zoneout.nn import reference  # noqa: E402
 from zoneout.nn.fused import torch_kernels, triton_backend  # noqa: E402
 from zoneout.nn.fused.cuda_graphs import EagerCapture, GraphRunner  # noqa: E402
 from zoneout.nn.fused.function import FusedLSTMFunction, run_inference  # noqa: E402
-from zoneout.nn.fused.masks import (SCALAR, CompactMask, CompactNoise, compact_mask, compact_noise,  # noqa: E402
-                                   device_values)
+from zoneout.nn.fused.masks import SCALAR, CompactMask, CompactNoise, compact_mask, compact_noise, device_values  # noqa: E402
 from zoneout.nn.fused.triton_backend import TritonKernels, lowp_gemm_for  # noqa: E402
 from zoneout.nn.noise import RecurrentNoise  # noqa: E402
 

@@ -17,10 +17,10 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 
 import zoneout.nn.fused as fused  # noqa: E402
 from zoneout.nn import reference  # noqa: E402
+from zoneout.nn.fused import triton_backend  # noqa: E402
 from zoneout.nn.fused.cuda_graphs import EagerCapture, GraphRunner  # noqa: E402
 from zoneout.nn.fused.function import FusedLSTMFunction, run_inference  # noqa: E402
 from zoneout.nn.fused.masks import compact_noise  # noqa: E402
-from zoneout.nn.fused import triton_backend  # noqa: E402
 from zoneout.nn.fused.triton_backend import TritonKernels  # noqa: E402
 from zoneout.nn.noise import RecurrentNoise  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""model.init=orthogonal_square_blocks: the authors' `ortho` (REPLICATION §1.5), checked block by block."""
+"""model.init=orthogonal_square_blocks: the authors' `ortho` (docs/replication.md §1.5), checked block by block."""
 from __future__ import annotations
 
 import math

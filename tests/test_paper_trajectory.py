@@ -16,7 +16,7 @@ import paper_trajectory  # noqa: E402
 def test_the_authors_log_is_the_one_the_spec_quotes():
     log = paper_trajectory.authors_log(paper_trajectory.yaml.safe_load(paper_trajectory.SPEC.read_text()))
     assert sorted(log) == list(range(1, 111))  # 110 epoch records, the run was interrupted there
-    quoted = {1: 1.7333, 2: 1.6021, 3: 1.5444, 5: 1.4879, 10: 1.4376, 20: 1.4023, 107: 1.3644}  # REPLICATION §4
+    quoted = {1: 1.7333, 2: 1.6021, 3: 1.5444, 5: 1.4879, 10: 1.4376, 20: 1.4023, 107: 1.3644}  # docs/replication.md §4
     for epoch, value in quoted.items():
         assert float(log[epoch]["dev_bpr"]) == pytest.approx(value, abs=5e-5)
     assert min(log, key=lambda e: float(log[e]["dev_bpr"])) == 107

@@ -9,8 +9,7 @@ from zoneout.nn import LSTM
 from zoneout.nn.bn_lstm import BatchNormLSTM
 from zoneout.nn.gru import GRU
 from zoneout.nn.noise import RecurrentNoiseSource
-from zoneout.regularizers import (NormStabilizer, RecurrentDropout, SequenceDropout, StochasticDepth, WeightNoise,
-                                  Zoneout, norm_stabilizer_penalty)
+from zoneout.regularizers import NormStabilizer, RecurrentDropout, SequenceDropout, StochasticDepth, WeightNoise, Zoneout, norm_stabilizer_penalty
 
 
 def manual_lstm(lstm, x, h0, c0, keep_cell=None, keep_hidden=None, update_scale=1.0):

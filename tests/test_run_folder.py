@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from test_train import read_metrics, tiny_cfg
+
 from zoneout import checkpoint
 from zoneout.config_check import ConfigError
 from zoneout.run_folder import RunFolderError, RunFolderLock
@@ -51,9 +51,8 @@ def test_a_kill_during_the_final_test_after_early_stopping_resumes_to_the_same_r
 
 def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(data_dir, tmp_path):
     (tmp_path / "run").mkdir()
-    with RunFolderLock(tmp_path / "run"):
-        with pytest.raises(RunFolderError, match=r"in use by another process \(pid \d+\)"):
-            train(tiny_cfg(data_dir), tmp_path / "run")
+    with RunFolderLock(tmp_path / "run"), pytest.raises(RunFolderError, match=r"in use by another process \(pid \d+\)"):
+        train(tiny_cfg(data_dir), tmp_path / "run")
     assert train(tiny_cfg(data_dir), tmp_path / "run")["status"] == "finished"  # released: usable again
 
 

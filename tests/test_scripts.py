@@ -4,8 +4,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import math
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -313,7 +313,7 @@ def test_gradient_flow_normalised_per_model_and_seed(gradient_flow_report):
     assert report["scale"] == "quick" and report["hidden_size"] == 8 and report["pixels"] == PIXELS
     assert report["steps"] == {name: STEPS for name in report["models"]} and report["seeds"] == [0, 1]
     assert report["device"].startswith("cpu") and report["commit"] and report["early_steps"] == 10
-    for name, model in report["models"].items():
+    for model in report["models"].values():
         assert [run["seed"] for run in model["runs"]] == [0, 1]
         for run in model["runs"]:
             raw, normalized = torch.tensor(run["grad_norm"]), torch.tensor(run["normalized_grad_norm"])

@@ -1,4 +1,4 @@
-"""The original repository's two toys (zoneout/toys/): settings against REPLICATION.md §2.6, the semantic-consistency
+"""The original repository's two toys (zoneout/toys/): settings against docs/replication.md §2.6, the semantic-consistency
 metric, the addition generator, and a shrunk end-to-end run of each."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ZoneoutLSTM (impl="reference") against nn.LSTM and against the paper's equations (REPLICATION.md §1.1-1.2, §6).
+"""ZoneoutLSTM (impl="reference") against nn.LSTM and against the paper's equations (docs/replication.md §1.1-1.2, §6).
 
 The expected values are computed here from the weights with an independent LSTM step, never by
 calling zoneout.nn.reference, so a bug in the oracle cannot hide behind itself.

@@ -1,4 +1,4 @@
-"""Zoneout masks as the LSTM actually applies them (REPLICATION.md §1.3, §6 items 1, 4, 5).
+"""Zoneout masks as the LSTM actually applies them (docs/replication.md §1.3, §6 items 1, 4, 5).
 
 The keep pattern is read off the recurrence itself: every call of reference.lstm_cell_step is
 recorded, and a unit counts as kept at (t, b, j) when its new value equals its previous value bit

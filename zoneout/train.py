@@ -25,16 +25,15 @@ from tqdm import tqdm
 
 from zoneout import checkpoint
 from zoneout.atomic import atomic_write_text
-from zoneout.stopping import stopped_for_good
 from zoneout.config_check import ConfigError, check_command_line, check_config, check_group_overrides, fail
 from zoneout.cpuinfo import cpu_model
 from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
 from zoneout.nn.bn_lstm import recalibrate_population
 from zoneout.regularizers import WeightNoise, norm_stabilizer_penalty
-from zoneout.run_folder import (RunFolderError, RunFolderLock, existing_run, move_aside, remove_if_untouched,
-                                 remove_stale_temp_files)
+from zoneout.run_folder import RunFolderError, RunFolderLock, existing_run, move_aside, remove_if_untouched, remove_stale_temp_files
 from zoneout.run_identity import first_difference
+from zoneout.stopping import stopped_for_good
 from zoneout.tasks import build_task, metric_from
 
 
@@ -96,7 +95,7 @@ def clipped_step(optimizer, parameters: list, rule: str, threshold) -> tuple[flo
     """One optimizer step under a clipping rule; returns (gradient norm, update norm, whether it clipped).
 
     grad: the gradient rescaled to L2 norm <= threshold before the step (clip_grad_norm_).
-    update: Blocks' CompositeRule([Adam, StepClipping]), what the authors' Adam runs did (REPLICATION
+    update: Blocks' CompositeRule([Adam, StepClipping]), what the authors' Adam runs did (docs/replication.md
     §1.5): the whole step, already lr-scaled, rescaled to L2 norm <= threshold; the optimizer's own
     state (Adam's moments) is what it computed from the unclipped gradient, as in Blocks.
     Both norms are measured before any clipping, in either rule, so the two can be compared."""

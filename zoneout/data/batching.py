@@ -1,6 +1,6 @@
 """Minibatches cut from a 1-D token stream. Every iterable has a `len()` (number of batches).
 
-- `random_offset_chunks`: char-PTB / text8 training (REPLICATION §2.1, §6 item 6). One call is one
+- `random_offset_chunks`: char-PTB / text8 training (docs/replication.md §2.1, §6 item 6). One call is one
   epoch: a random offset in [0, seq_len), non-overlapping chunks of seq_len from there (the incomplete
   last one dropped), shuffled. The model predicts chunk[:, 1:] from chunk[:, :-1] (99 predictions per
   100-character chunk) from a fresh state.

@@ -1,6 +1,6 @@
 """MNIST from the original IDX files, and the pixel orders of (permuted) sequential MNIST.
 
-Split (REPLICATION §2.4): train = first 50,000 of the MNIST training set, valid = its last 10,000,
+Split (docs/replication.md §2.4): train = first 50,000 of the MNIST training set, valid = its last 10,000,
 test = the 10,000 test images. Pixel orders (§6 item 12): a true permutation (torch.randperm with a
 fixed seed; this project's default), the original code's `np.random.randint(0, 784, 784)` sampled
 with replacement (about 37% of the pixels never shown, others repeated), or identity (sequential MNIST).

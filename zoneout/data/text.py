@@ -1,6 +1,6 @@
 """Text corpora as streams of token ids: character-level PTB, word-level PTB, text8.
 
-Tokenization (REPLICATION §2.1-2.3, §6 item 6):
+Tokenization (docs/replication.md §2.1-2.3, §6 item 6):
 - ptb_char: the space-separated characters of each line (`_`, the word separator, is a symbol of its
   own) plus one end-of-line symbol "\\n" per line: 50 symbols.
 - ptb_word: whitespace-separated words plus one `<eos>` per line: 10,000 words.

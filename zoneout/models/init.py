@@ -1,4 +1,4 @@
-"""Weight initialisation schemes (REPLICATION §1.5, §6.9): orthogonal per gate block, the authors'
+"""Weight initialisation schemes (docs/replication.md §1.5, §6.9): orthogonal per gate block, the authors'
 square-block orthogonal, Zaremba's uniform, or PyTorch's default; biases 0 except the forget gate's."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def blockwise_orthogonal_(weight: torch.Tensor, blocks: int) -> None:
 
 
 def square_block_orthogonal_(weight: torch.Tensor) -> None:
-    """The authors' `ortho` (REPLICATION §1.5): the matrix cut into square blocks of side gcd(rows, cols),
+    """The authors' `ortho` (docs/replication.md §1.5): the matrix cut into square blocks of side gcd(rows, cols),
     each an independent orthogonal matrix. Their code asserts that one side divides the other (the gcd is a
     side); so do we. At char-PTB's one-hot input (4000 x 50) this gives 50 x 50 blocks, entries about
     sqrt(1000 / 50) = 4.5x larger than a per-gate semi-orthogonal (1000 x 50) block."""

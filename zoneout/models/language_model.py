@@ -1,7 +1,7 @@
 """Recurrent language model: tokens -> (one-hot | embedding) -> recurrent layers -> softmax.
 
 With input="onehot" the one-hot goes straight into the first layer's gates, as in the paper's
-code (REPLICATION §1.5); the lookup below is that product, computed as an index instead of a GEMM.
+code (docs/replication.md §1.5); the lookup below is that product, computed as an index instead of a GEMM.
 """
 from __future__ import annotations
 

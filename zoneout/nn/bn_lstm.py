@@ -6,7 +6,7 @@
     h~_t = sigmoid(o) * tanh(BN_t(c~_t; gamma_c, beta_c))           (from the UN-zoned candidate, as [R])
     h_t  = d^h_t * h_{t-1} + (1 - d^h_t) * h~_t                     (zoneout on h; the layer output)
 
-BN_t keeps separate population statistics for every timestep t < max_length (REPLICATION.md §2.4):
+BN_t keeps separate population statistics for every timestep t < max_length (docs/replication.md §2.4):
 training normalises with the minibatch's statistics at that timestep (biased variance) and updates
 pop = m * batch + (1 - m) * pop; eval uses the population statistics, and timesteps beyond
 max_length -- or beyond the longest sequence trained on -- reuse the last trained timestep's.

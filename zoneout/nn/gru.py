@@ -8,7 +8,7 @@ Without noise it computes exactly nn.GRU's equations:
     h~ = (1 - u) * n + u * h_{t-1}
     h_t = d_t * h_{t-1} + (1 - d_t) * h~                            (zoneout, d_t: keep_hidden)
 
-The original code's ZoneoutGRU (REPLICATION.md §1.1) has the same zoneout step. Only keep_hidden noise
+The original code's ZoneoutGRU (docs/replication.md §1.1) has the same zoneout step. Only keep_hidden noise
 applies (there is no cell); plumbing shared with RNN lives in rnn.HiddenStateRecurrence, and `impl`
 picks this file's loop ("reference") or the fused CPU kernels ("fused"; "auto": where installed).
 """

@@ -4,7 +4,7 @@ Parameters are named and shaped exactly like nn.LSTM's (weight_ih_l0, weight_hh_
 bias_hh_l0, ..., weight_ih_l0_reverse, ... when bidirectional; gate order i, f, g, o), so
 `load_state_dict(nn_lstm.state_dict())` works. Padded or PackedSequence input, bidirectional,
 multi-layer: stack.py / directions.py. `impl` picks how each layer's recurrence runs: "reference"
-(the readable loop, the test oracle), "fused" (fast kernels, issue 4) or "auto" (fused where
+(the readable loop, the test oracle), "fused" (fast kernels) or "auto" (fused where
 registered and supported, else reference). While tracing, exporting or compiling the reference loop
 runs whatever `impl` says: it is made of plain torch ops, which those tools can record.
 """
@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence
 from zoneout.nn import reference
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability
 from zoneout.nn.noise import capturing as _capturing
-from zoneout.nn.sequences import (RecurrentInputError, compute_dtype, finish_output, finish_state, initial_state, prepare_input)
+from zoneout.nn.sequences import RecurrentInputError, compute_dtype, finish_output, finish_state, initial_state, prepare_input
 from zoneout.nn.stack import run_layers
 from zoneout.nn.zoneout_noise import Zoneout
 

@@ -1,6 +1,6 @@
 """What a recurrent layer needs to know about per-step noise, independent of which regularizer made it.
 
-Convention (REPLICATION.md §6): a *keep* mask of 1 means the unit keeps its previous value
+Convention (docs/replication.md §6): a *keep* mask of 1 means the unit keeps its previous value
 (zoneout); an *update-keep* mask of 1 means the cell update i*g is let through (recurrent
 dropout keeps it with probability 1 - p). In training a field is a bool tensor broadcastable to
 (T, B, H) -- (T, B, H) for per-unit masks, (T, B, 1) for stochastic depth, (T, 1, H) for a static

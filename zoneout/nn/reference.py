@@ -1,6 +1,6 @@
 """The reference LSTM recurrence with zoneout: a plain per-timestep loop, written to be read.
 
-It is the oracle every faster implementation is tested against. The equations (REPLICATION.md §1.1,
+It is the oracle every faster implementation is tested against. The equations (docs/replication.md §1.1,
 gate order i, f, g, o as in torch.nn.LSTM):
 
     i, f, o = sigmoid(.), g = tanh(.)  of  x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh

@@ -6,12 +6,12 @@ weight_hh_l0 (H, H), bias_ih_l0, bias_hh_l0, ...), and without noise exactly its
     h~_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)        act = tanh (paper) or relu (original code)
     h_t  = d_t * h_{t-1} + (1 - d_t) * h~_t                      (zoneout, d_t: keep_hidden)
 
-The paper calls the model "tanh-RNN"; the original char-PTB code builds it with ReLU (REPLICATION.md
+The paper calls the model "tanh-RNN"; the original char-PTB code builds it with ReLU (docs/replication.md
 §1.1, §6.14), hence `nonlinearity`. Noise comes from `recurrent_regularizers` (one `noise(...)` call
 per layer and forward pass); only keep_hidden noise has a meaning without a cell.
 
 `impl` (as ZoneoutLSTM's): "reference" runs the loops below, "fused" the fused CPU kernels
-(zoneout.nn.fused.hidden, issue 10; they run the loops themselves for what they do not handle), "auto"
+(zoneout.nn.fused.hidden; they run the loops themselves for what they do not handle), "auto"
 the fused ones where installed. While tracing, exporting or compiling the loops run whatever `impl` says.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def resolve_layer(impl: str, name: str, reference_layer: Callable) -> Callable:
         from zoneout.nn import fused
     except ImportError:
         if impl == "fused":
-            raise ValueError("impl='fused' is not available in this installation; use impl='reference' or 'auto'")
+            raise ValueError("impl='fused' is not available in this installation; use impl='reference' or 'auto'") from None
         return reference_layer
     return getattr(fused, name)
 

@@ -3,7 +3,7 @@
     penalty = beta * mean_over_batch( sum_{t=1}^{T-1} (||h_t||_2 - ||h_{t-1}||_2)^2 / T )
 
 T is the number of hidden states given. This is what the zoneout code computes on char-PTB
-(REPLICATION.md §5): the 99 predicted steps' states give 98 differences, summed and divided by
+(docs/replication.md §5): the 99 predicted steps' states give 98 differences, summed and divided by
 seq_len - 1 = 99. The paper uses beta = 50 on h, added to the mean cross-entropy.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     c~_t = f_t * c_{t-1} + m_t * i_t * g_t,     m_t ~ Bernoulli(1 - p)
 
-`p` is the probability to DROP the cell update (REPLICATION.md §6.2; the paper's grid is
+`p` is the probability to DROP the cell update (docs/replication.md §6.2; the paper's grid is
 {0.05, 0.2, 0.5, 0.7}). Masks are fresh per timestep, example, unit and layer. Evaluation multiplies
 the update by its expectation 1 - p, as the original code does; there is no inverted 1/(1-p) scaling.
 Only an LSTM (or BatchNormLSTM) has a cell update to drop.

@@ -1,7 +1,7 @@
 """Stochastic depth across time: zone out a whole timestep (every unit of a layer at once).
 
 One keep ~ Bernoulli(p) per (timestep, example), shape (T, B, 1), broadcast over the units and --
-by default -- the SAME tensor for the cell and the hidden state (REPLICATION.md §6.13), so a kept
+by default -- the SAME tensor for the cell and the hidden state (docs/replication.md §6.13), so a kept
 timestep is skipped entirely: c_t = c_{t-1}, h_t = h_{t-1}. `p` is the probability to KEEP the
 previous state (skip the step). Draws are fresh per minibatch and independent per layer; evaluation
 uses the expectation p. `cell=False` / `hidden=False` zone out only one of the two (use `cell=False`

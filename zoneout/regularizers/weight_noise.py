@@ -3,7 +3,7 @@
 Noise covers every weight MATRIX of the model (parameters with ndim >= 2 whose own name contains
 "weight": input, recurrent and output matrices, embeddings), never biases or batch-norm gammas/betas.
 It is resampled on every training call (every minibatch) and the same noisy W serves all timesteps
-and all examples of that call, as Blocks' `apply_noise` does (REPLICATION.md §1.5). There is no noise
+and all examples of that call, as Blocks' `apply_noise` does (docs/replication.md §1.5). There is no noise
 in eval. The model is run with `torch.func.functional_call`, so its parameters are never modified and
 gradients flow through W + std * eps to the clean W.
 

@@ -1,4 +1,4 @@
-"""Semantic-consistency toy (original repository, not in the paper; REPLICATION.md §2.6).
+"""Semantic-consistency toy (original repository, not in the paper; docs/replication.md §2.6).
 
     python -m zoneout.toys.semantic_consistency [--scale paper|quick] [--seeds 0 1 2] [--mask batch_shared|per_example]
 
@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from zoneout.toys.common import (base_parser, check_common, cli, fmt, load_spec, mean_std, publish, run_metadata, scale_settings)
+from zoneout.toys.common import base_parser, check_common, cli, fmt, load_spec, mean_std, publish, run_metadata, scale_settings
 
 TOY = "toy_semantic_consistency"
 MASK_MODES = ("batch_shared", "per_example")

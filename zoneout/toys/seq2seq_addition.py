@@ -1,4 +1,4 @@
-"""Seq2seq addition toy (original repository, not in the paper; REPLICATION.md §2.6).
+"""Seq2seq addition toy (original repository, not in the paper; docs/replication.md §2.6).
 
     python -m zoneout.toys.seq2seq_addition [--scale paper|quick] [--seeds 0 1 2]
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoneout import ZoneoutLSTM, ZoneoutLSTMCell
-from zoneout.toys.common import (base_parser, check_common, cli, fmt, load_spec, mean_std, publish, run_metadata, scale_settings)
+from zoneout.toys.common import base_parser, check_common, cli, fmt, load_spec, mean_std, publish, run_metadata, scale_settings
 
 TOY = "toy_seq2seq_addition"
 PAD = "_"  # padding, end of the answer, and the decoder's GO symbol (one symbol for all three, as the original)

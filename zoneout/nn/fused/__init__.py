@@ -1,4 +1,4 @@
-"""Fast fused zoneout LSTM layer (issue 4): ZoneoutLSTM(impl="fused") registers `lstm_layer` on first use.
+"""Fast fused zoneout LSTM layer: ZoneoutLSTM(impl="fused") registers `lstm_layer` on first use.
 
 `lstm_layer` has exactly zoneout.nn.reference.lstm_layer's signature and semantics. It runs one
 autograd.Function (function.py) whose per-step work is one recurrent GEMM plus one fused
@@ -8,7 +8,7 @@ pointwise pass, with kernels picked by device:
 What the kernels do not handle falls back to the reference loop: float-tensor masks, dtypes other
 than float32/float64, an empty sequence, or devices other than CPU/CUDA.
 
-`gru_layer` / `rnn_layer` (hidden.py, issue 10) are the same for zoneout.nn.gru / rnn's layers, on the
+`gru_layer` / `rnn_layer` (hidden.py) are the same for zoneout.nn.gru / rnn's layers, on the
 CPU with the C++ kernels only (else their reference loops).
 """
 from __future__ import annotations

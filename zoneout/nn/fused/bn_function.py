@@ -1,4 +1,4 @@
-"""Fast recurrent-BN LSTM layer (issue 10): zoneout.nn.bn_lstm.reference_bn_lstm_layer's semantics in the
+"""Fast recurrent-BN LSTM layer: zoneout.nn.bn_lstm.reference_bn_lstm_layer's semantics in the
 fused LSTM's shape. BatchNormLSTM(impl="auto" or "fused") runs it.
 
 `bn_lstm_layer` has the reference's signature; the layer is one autograd.Function. The input side,

@@ -14,7 +14,6 @@ from zoneout.nn.fused.masks import CompactNoise
 from zoneout.nn.fused.torch_kernels import _at, _keep_or_update, _split
 
 
-
 def _batch_statistics(x: Tensor, mean: Tensor, var: Tensor, rstd: Tensor, eps: float) -> None:
     """One timestep's batch statistics of x (B, F) into the given rows: mean, biased variance, 1/sqrt(var + eps)."""
     batch_var, batch_mean = torch.var_mean(x, dim=0, unbiased=False)

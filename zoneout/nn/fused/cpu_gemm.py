@@ -1,4 +1,4 @@
-"""Which library runs the float32 GEMMs of the fused C++ CPU LSTM: options["cpu_gemm"] (issue 10).
+"""Which library runs the float32 GEMMs of the fused C++ CPU LSTM: options["cpu_gemm"].
 
 "mkl": torch.mm / addmm and, for the recurrent GEMM at H >= 256, MKL's packed-weight GEMM (cpu_common.h).
 "onednn": every GEMM of the layer through oneDNN, as torch's mkldnn::_linear_pointwise (x @ W^T + b on

@@ -1,4 +1,4 @@
-"""Fused CPU GRU and simple-RNN layers with zoneout on h (issue 10): GRU / RNN(impl="auto") use them.
+"""Fused CPU GRU and simple-RNN layers with zoneout on h: GRU / RNN(impl="auto") use them.
 
 `gru_layer` and `rnn_layer` have the signatures and semantics of the reference loops
 zoneout.nn.gru.gru_layer and zoneout.nn.rnn.rnn_layer; only the keep_hidden noise field is read
