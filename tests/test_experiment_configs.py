@@ -10,6 +10,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
+import zoneout.resolvers  # noqa: F401 - the Slurm launcher config resolves through them
 from zoneout.models.build import build_model
 from zoneout.nn.bn_lstm import BatchNormLSTM
 from zoneout.nn.gru import GRU

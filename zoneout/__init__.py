@@ -1,5 +1,4 @@
 """Zoneout (Krueger et al., ICLR 2017) and its baselines in PyTorch."""
-from zoneout import resolvers  # noqa: F401  (registers the config resolvers)
 from zoneout.nn import LSTM, ZoneoutGRU, ZoneoutGRUCell, ZoneoutLSTM, ZoneoutLSTMCell
 
 __all__ = ["LSTM", "ZoneoutLSTM", "ZoneoutLSTMCell", "ZoneoutGRU", "ZoneoutGRUCell"]

@@ -1,4 +1,4 @@
-"""OmegaConf resolvers the configs use; registered when `zoneout` is imported (train.py, the tests).
+"""OmegaConf resolvers the configs use; registered when zoneout.train (the Hydra entry point) is imported; the layers never need them.
 
 The Slurm launcher (configs/hydra/launcher/slurm.yaml) sizes each job from the row's own settings:
 `device=cpu` asks for no GPU (so CPU-only clusters schedule it) and less memory, and

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
-from zoneout import checkpoint
+from zoneout import checkpoint, resolvers  # noqa: F401 - resolvers: the Slurm launcher config's
 from zoneout.atomic import atomic_write_text
 from zoneout.config_check import ConfigError, check_command_line, check_config, check_group_overrides, fail
 from zoneout.cpuinfo import cpu_model
