@@ -2,7 +2,9 @@
 (Tacotron 2's encoder LSTM, padded and packed) and a 200-step decoder loop of one LSTM cell (its
 decoder LSTMs), each against PyTorch's own module, in one process with interleaved repetitions
 (time_rows), so the ratios compare like with like. Zoneout 0.1 on c and h, as in Tacotron 2.
-A step = forward + backward + Adam.
+A step = forward + backward + Adam. Then the small batches of TTS training (B 1, 4, 16 at H 256 and
+1024: where per-call overhead, not GEMMs, can decide) and autoregressive inference: one eval-mode,
+no-grad cell call at B = 1, the latency of a decoder step.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ ZONEOUT = dict(zoneout_cell=0.1, zoneout_hidden=0.1)
 # (T, B, I, H per direction): Tacotron 2's encoder; (steps, B, I, H): its attention LSTM (prenet 256 + context 512)
 FULL = {"encoder": (150, 32, 512, 256), "decoder": (200, 32, 768, 1024)}
 TINY = {"encoder": (6, 3, 4, 8), "decoder": (5, 3, 4, 8)}
+# (steps, I) of the small-batch cell loops, at every (B, H) below; a latency row is one call, repeated
+SMALL_BATCH = {"loop": (50, 256), "batches": (1, 4, 16), "hidden": (256, 1024), "latency_calls": 200}
+SMALL_BATCH_TINY = {"loop": (4, 4), "batches": (1, 2), "hidden": (8,), "latency_calls": 3}
 
 
 def _adam_step(module, loss_of):
@@ -82,6 +87,57 @@ def decoder_steps(shape, device, gen):
     return rows
 
 
+def small_batch_steps(steps_: int, batch: int, input_size: int, hidden: int, device, gen):
+    """Training rows at one small (B, H): the nn.LSTMCell loop and the ZoneoutLSTMCell loop."""
+    inputs = torch.randn(steps_, batch, input_size, device=device, generator=gen).unbind(0)
+    rows = {}
+    for name, make in (("nn.LSTMCell loop", lambda: nn.LSTMCell(input_size, hidden)),
+                       ("ZoneoutLSTMCell loop", lambda: ZoneoutLSTMCell(input_size, hidden, **ZONEOUT))):
+        torch.manual_seed(0)
+        loop = _CellLoop(make(), masks=False).to(device)
+        rows[name] = _adam_step(loop, lambda m=loop: m(inputs))
+    return rows
+
+
+def latency_steps(calls: int, input_size: int, hidden: int, device, gen):
+    """Inference rows: `calls` eval-mode, no-grad calls of one cell at B = 1, each feeding the next."""
+    x = torch.randn(1, input_size, device=device, generator=gen)
+    rows = {}
+    for name, make in (("nn.LSTMCell step", lambda: nn.LSTMCell(input_size, hidden)),
+                       ("ZoneoutLSTMCell step", lambda: ZoneoutLSTMCell(input_size, hidden, **ZONEOUT))):
+        torch.manual_seed(0)
+        cell = make().to(device).eval()
+
+        @torch.no_grad()
+        def run(cell=cell):
+            hx = None
+            for _ in range(calls):
+                hx = cell(x, hx)
+        rows[name] = run
+    return rows
+
+
+def small_batch_section(device, time_rows, reps: int, tiny: bool = False) -> list[str]:
+    """Markdown lines: small-batch training steps and B = 1 inference latency, each against nn.LSTMCell."""
+    spec = SMALL_BATCH_TINY if tiny else SMALL_BATCH
+    steps_, input_size = spec["loop"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    lines = [f"## Small batches and inference (zoneout 0.1; {steps_}-step cell loops, input {input_size})", "",
+             "| B | H | row | time | vs nn.LSTMCell (higher = faster) |", "|---|---|---|---|---|"]
+    for hidden in spec["hidden"]:
+        for batch in spec["batches"]:
+            medians = time_rows(small_batch_steps(steps_, batch, input_size, hidden, device, gen), device, reps)
+            for row, seconds in medians.items():
+                lines.append(f"| {batch} | {hidden} | {row} (training step) | {seconds * 1e3:,.2f} ms | "
+                             f"{medians['nn.LSTMCell loop'] / seconds:.2f}x |")
+        calls = spec["latency_calls"]
+        medians = time_rows(latency_steps(calls, input_size, hidden, device, gen), device, reps)
+        for row, seconds in medians.items():
+            lines.append(f"| 1 | {hidden} | {row} (eval, no grad; per call) | {seconds / calls * 1e6:,.1f} us | "
+                         f"{medians['nn.LSTMCell step'] / seconds:.2f}x |")
+    return lines + [""]
+
+
 def tts_section(device, time_rows, reps: int, tiny: bool = False) -> list[str]:
     """Markdown lines: each row's median step time and its ratio to PyTorch's module (same input form)."""
     shapes = TINY if tiny else FULL
@@ -96,4 +152,4 @@ def tts_section(device, time_rows, reps: int, tiny: bool = False) -> list[str]:
         for row, seconds in medians.items():
             ratio = medians[baseline_of(row)] / seconds
             lines.append(f"| {label} | {row} | {seconds * 1e3:,.1f} ms | {ratio:.2f}x |")
-    return lines + [""]
+    return lines + [""] + small_batch_section(device, time_rows, reps, tiny)
