@@ -72,3 +72,12 @@ def test_a_build_killed_midway_does_not_hang_the_next_process(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "LOADED"  # the stale lock was broken and the build completed
     assert "left by a build that was killed" in result.stderr
+
+
+def test_the_build_folder_differs_with_the_python_environment(monkeypatch):
+    monkeypatch.setattr(sys, "prefix", "/envs/one")
+    one = cpu_ext.build_name_and_flags()
+    assert cpu_ext.build_name_and_flags() == one  # stable within an environment
+    monkeypatch.setattr(sys, "prefix", "/envs/two")
+    two = cpu_ext.build_name_and_flags()
+    assert two[0] != one[0] and two[1] == one[1]

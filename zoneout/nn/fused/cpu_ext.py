@@ -66,11 +66,14 @@ def _isa() -> str:
 
 
 def build_name_and_flags(extension: Extension = FUSED) -> tuple[str, list[str]]:
-    """The extension's name (ISA + a digest of sources, flags and torch version) and compiler flags."""
+    """The extension's name (ISA + a digest of sources, flags, torch version and Python environment) and
+    compiler flags."""
     isa = _isa()
     flags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}", *_ISA_FLAGS.get(isa, [])]
     texts = [path.read_text() for path in (*extension.sources, *extension.headers)]
-    digest = hashlib.sha1(("".join(texts) + " ".join(flags) + torch.__version__).encode()).hexdigest()[:10]
+    # Each environment builds against its own headers and paths: sharing a folder rebuilds on every switch.
+    environment = os.path.realpath(sys.prefix)
+    digest = hashlib.sha1(("".join(texts) + " ".join(flags) + torch.__version__ + environment).encode()).hexdigest()[:10]
     return f"{extension.prefix}_{isa.lower()}_{digest}", flags
 
 
