@@ -130,3 +130,12 @@ def test_a_sigkilled_build_leaves_no_compiler_running(fake, tmp_path):
     with open(folder / "zoneout.lock", "a+") as lock:  # and the next process may build at once
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert (tmp_path / "parent.err").read_text().count("zoneout: building the fake kernels") == 1
+
+
+def test_the_pip_ninja_is_found_without_an_activated_venv(monkeypatch):
+    monkeypatch.setattr(cpu_ext.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "ninja", type(sys)("ninja"))
+    monkeypatch.setattr(sys.modules["ninja"], "BIN_DIR", "/venv/bin", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin")
+    cpu_ext._put_ninja_on_path()
+    assert os.environ["PATH"] == os.pathsep.join(("/usr/bin", "/venv/bin"))  # last: it never shadows a system ninja

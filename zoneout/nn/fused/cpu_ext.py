@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +102,7 @@ def load(verbose: bool = False, extension: Extension = FUSED):
     try:
         from torch.utils import cpp_extension
 
+        _put_ninja_on_path()
         request = dict(name=name, sources=[str(path) for path in extension.sources], extra_cflags=flags,
                        extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=verbose)
         with exclusive_build(build_dir, extension.what) as lock:
@@ -125,6 +127,17 @@ def load(verbose: bool = False, extension: Extension = FUSED):
 
 def built(build_dir: Path, name: str) -> bool:
     return any((build_dir / f"{name}{suffix}").exists() for suffix in (".so", ".pyd"))
+
+
+def _put_ninja_on_path() -> None:
+    """torch looks for ninja on PATH; the pip package's binary is not there when the venv is not activated."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = os.pathsep.join(filter(None, (os.environ.get("PATH"), getattr(ninja, "BIN_DIR", ""))))
 
 
 def build_in_child(request: dict, build_dir: Path, lock) -> None:
