@@ -82,6 +82,7 @@ def test_a_first_use_build_is_announced_once(fake, monkeypatch, capsys):
     def build_in_child(request, build_dir, lock):
         builds.append(build_dir)
         (build_dir / f"{name}.so").write_text("")
+        (build_dir / ".ninja_log").write_text(f"# ninja log v7\n1\t2\t3\t{name}.so\tabc\n")
     monkeypatch.setattr(cpu_ext, "build_in_child", build_in_child)
     monkeypatch.setattr(cpp_extension, "load", lambda **request: "module")
     assert cpu_ext.load(extension=fake) == "module" and cpu_ext.load(extension=fake) == "module"

@@ -126,7 +126,10 @@ def load(verbose: bool = False, extension: Extension = FUSED):
 
 
 def built(build_dir: Path, name: str) -> bool:
-    return any((build_dir / f"{name}{suffix}").exists() for suffix in (".so", ".pyd"))
+    """The library is there and ninja logged it as done (a link killed midway leaves a partial file)."""
+    log = build_dir / ".ninja_log"
+    done = log.read_text(errors="replace") if log.exists() else ""
+    return any((build_dir / f"{name}{suffix}").exists() and f"\t{name}{suffix}\t" in done for suffix in (".so", ".pyd"))
 
 
 def _put_ninja_on_path() -> None:
