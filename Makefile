@@ -36,7 +36,7 @@ help:  ## list the targets
 
 install: $(VENV)/.installed  ## venv + pinned requirements + editable install
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .

@@ -461,7 +461,7 @@ def main():
     if device.type == "cpu":
         built = cpu_ext.load() is not None
         header.append(f"- fused CPU kernels: {'C++ extension' if built else 'PyTorch ops: ' + str(cpu_ext.error())}"
-                      f" (load {cpu_ext.load_seconds() or 0:.1f} s in this process; a cold build ~40-60 s here)")
+                      f" (load {cpu_ext.load_seconds() or 0:.1f} s in this process; a cold build takes minutes)")
     header.append(f"- options: tf32={args.tf32} bf16={args.bf16} cuda_graphs={args.cuda_graphs} "
                   f"flush_denormal={bool(flush)} " + (f"z_c={Z_CELL} " if KIND == "lstm" else "") + f"z_h={Z_HIDDEN}")
     text = report(args, device, header, *run_table(args, device, args.rows), load_before)

@@ -35,6 +35,19 @@ def build_dir(extensions: Path) -> Path:
     return extensions / "zoneout" / cpu_ext.build_name_and_flags()[0]
 
 
+def working_in(folder: Path) -> list[int]:
+    """Live processes whose working directory is folder: ninja and the compilers it runs there."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "cwd") == os.path.realpath(folder) and \
+                    (proc / "stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_waiting_on_a_live_build_is_bounded_and_falls_back(tmp_path):
     folder = build_dir(tmp_path / "ext")
     folder.mkdir(parents=True)
@@ -63,12 +76,28 @@ def test_a_build_killed_midway_does_not_hang_the_next_process(tmp_path):
     while not (folder / "lock").exists() and builder.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # torch's lock file appears when the compiler starts
     assert (folder / "lock").exists(), "the build never started"
+    while not working_in(folder) and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(2)  # well into the compile
-    os.killpg(builder.pid, signal.SIGKILL)  # the builder and its ninja / c++ children, as a time limit would
+    assert working_in(folder), "no compiler running"
+    os.kill(builder.pid, signal.SIGKILL)  # only the process that asked for the build, as `kill -9 PID` does
     builder.wait()
+    deadline = time.monotonic() + 30
+    while working_in(folder) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not working_in(folder), "compilers outlived the killed build"  # they would compete with the next
     assert (folder / "lock").exists()  # what used to hang every later process
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=environment(extensions, ZONEOUT_BUILD_WAIT_S="600"),
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "LOADED"  # the stale lock was broken and the build completed
     assert "left by a build that was killed" in result.stderr
+
+
+def test_the_build_folder_differs_with_the_python_environment(monkeypatch):
+    monkeypatch.setattr(sys, "prefix", "/envs/one")
+    one = cpu_ext.build_name_and_flags()
+    assert cpu_ext.build_name_and_flags() == one  # stable within an environment
+    monkeypatch.setattr(sys, "prefix", "/envs/two")
+    two = cpu_ext.build_name_and_flags()
+    assert two[0] != one[0] and two[1] == one[1]

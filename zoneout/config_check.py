@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from zoneout.config_dir import config_dir
+
+CONFIG_DIR = config_dir()
 GROUPS = ("dataset", "model", "regularizer", "optim", "logger", "experiment", "scale")
 RUN_NAME = re.compile(r"[A-Za-z0-9_.=,+-]+(/[A-Za-z0-9_.=,+-]+)*")
 

@@ -3,7 +3,7 @@ a table row from run folders (scripts/make_table.py) both apply. Torch-free, Hyd
 resolved configs (a run folder's config.yaml, or a checkpoint's copy)."""
 from __future__ import annotations
 
-from pathlib import Path
+from zoneout.config_dir import config_dir
 
 # Groups whose every setting defines the experiment. Trainer knobs not listed below (max_epochs, patience,
 # threads, progress, logger, checkpoint cadence) may change: extending a finished run is legitimate.
@@ -11,7 +11,7 @@ RUN_DEFINING = ("model", "regularizer", "optim", "seed", "scale_name")
 DATASET_LOCATION = ("data_dir", "mirror")
 # A dataset's per-scale blocks (quick:, small:) hold the sizes a scale applies; what they set is compared
 # where it lands (model.hidden_size, dataset.train_fraction), and their epoch cap may change like trainer's.
-SCALE_BLOCKS = tuple(path.stem for path in (Path(__file__).resolve().parent.parent / "configs" / "scale").glob("*.yaml"))
+SCALE_BLOCKS = tuple(path.stem for path in (config_dir() / "scale").glob("*.yaml"))
 # Trainer settings that change what is trained or how the best epoch is selected. A run saved before a
 # setting existed ran with the value given here.
 TRAINING_DEFINING = {"clip": "grad", "clip_grad_norm": None, "loss_sum_over_time": False, "max_steps_per_epoch": None,

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from zoneout import checkpoint, resolvers  # noqa: F401 - resolvers: the Slurm launcher config's
 from zoneout.atomic import atomic_write_text
 from zoneout.config_check import ConfigError, check_command_line, check_config, check_group_overrides, fail
+from zoneout.config_dir import config_dir
 from zoneout.cpuinfo import cpu_model
 from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
@@ -447,7 +448,7 @@ def job_failed(run_dir: Path, message: str, status: int, multirun: bool, record:
     fail(message, status)
 
 
-@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -16,13 +16,22 @@ forever. So we build in our own folder under an OS lock (flock), which the kerne
 holder dies: whoever holds it is the only builder, so a torch lock file found there is stale and is
 removed. A process that waits for another's build says so once and, after ZONEOUT_BUILD_WAIT_S
 seconds (default 600), falls back to the PyTorch-op kernels with one warning.
+
+A first-use build says so once on stderr (what, where, that it takes minutes). On Linux it runs in a
+child process (cpu_build.py) that kills its compilers when the process that asked for the build dies,
+even by kill -9, so no orphaned compiler competes with the next build. The build name also carries the
+Python environment (sys.prefix), so two venvs with the same torch never rebuild over each other.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +40,8 @@ from pathlib import Path
 import torch
 
 _HERE = Path(__file__).parent
+# The script the build child runs (tests point it at a fake build).
+BUILDER = _HERE / "cpu_build.py"
 
 
 @dataclass(frozen=True)
@@ -66,11 +77,14 @@ def _isa() -> str:
 
 
 def build_name_and_flags(extension: Extension = FUSED) -> tuple[str, list[str]]:
-    """The extension's name (ISA + a digest of sources, flags and torch version) and compiler flags."""
+    """The extension's name (ISA + a digest of sources, flags, torch version and Python environment) and
+    compiler flags."""
     isa = _isa()
     flags = ["-O3", "-fopenmp", f"-DCPU_CAPABILITY={isa}", f"-DCPU_CAPABILITY_{isa}", *_ISA_FLAGS.get(isa, [])]
     texts = [path.read_text() for path in (*extension.sources, *extension.headers)]
-    digest = hashlib.sha1(("".join(texts) + " ".join(flags) + torch.__version__).encode()).hexdigest()[:10]
+    # Each environment builds against its own headers and paths: sharing a folder rebuilds on every switch.
+    environment = os.path.realpath(sys.prefix)
+    digest = hashlib.sha1(("".join(texts) + " ".join(flags) + torch.__version__ + environment).encode()).hexdigest()[:10]
     return f"{extension.prefix}_{isa.lower()}_{digest}", flags
 
 
@@ -88,12 +102,20 @@ def load(verbose: bool = False, extension: Extension = FUSED):
     try:
         from torch.utils import cpp_extension
 
-        with exclusive_build(build_dir, extension.what) as acquired:
-            if not acquired:
+        _put_ninja_on_path()
+        request = dict(name=name, sources=[str(path) for path in extension.sources], extra_cflags=flags,
+                       extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=verbose)
+        with exclusive_build(build_dir, extension.what) as lock:
+            if not lock:
                 raise TimeoutError(f"another process held the build lock of {build_dir} for {wait_seconds():g} s "
                                    "(ZONEOUT_BUILD_WAIT_S)")
-            module = cpp_extension.load(name=name, sources=[str(path) for path in extension.sources], extra_cflags=flags,
-                                        extra_ldflags=["-fopenmp"], build_directory=str(build_dir), verbose=verbose)
+            if not built(build_dir, name):
+                cpp_extension.verify_ninja_availability()  # before announcing a build that cannot start
+                print(f"zoneout: building the {extension.what} on first use in {build_dir}; this takes a few "
+                      "minutes on 1-2 cores, later runs reuse it", file=sys.stderr, flush=True)
+                if sys.platform.startswith("linux") and lock is not True:
+                    build_in_child(request, build_dir, lock)
+            module = cpp_extension.load(**request)  # after the child's build: only checks it and imports it
     except Exception as error:  # no compiler, no ninja, no headers, a build that never ends: PyTorch kernels
         _log.warning("zoneout %s could not be built (%s); using the pure-PyTorch path", extension.what,
                      str(error).splitlines()[0] if str(error) else type(error).__name__)
@@ -101,6 +123,43 @@ def load(verbose: bool = False, extension: Extension = FUSED):
         return None
     state.update(module=module, error=None, build_seconds=time.perf_counter() - start)
     return module
+
+
+def built(build_dir: Path, name: str) -> bool:
+    """The library is there and ninja logged it as done (a link killed midway leaves a partial file)."""
+    log = build_dir / ".ninja_log"
+    done = log.read_text(errors="replace") if log.exists() else ""
+    return any((build_dir / f"{name}{suffix}").exists() and f"\t{name}{suffix}\t" in done for suffix in (".so", ".pyd"))
+
+
+def _put_ninja_on_path() -> None:
+    """torch looks for ninja on PATH; the pip package's binary is not there when the venv is not activated."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = os.pathsep.join(filter(None, (os.environ.get("PATH"), getattr(ninja, "BIN_DIR", ""))))
+
+
+def build_in_child(request: dict, build_dir: Path, lock) -> None:
+    """Run cpp_extension.load(**request) in BUILDER, a child in its own session that holds the build lock
+    with us and kills its compilers if we die; raise with the build's last log line if it fails."""
+    log = build_dir / "build.log"
+    with open(log, "w") as output:
+        child = subprocess.Popen([sys.executable, str(BUILDER), str(os.getpid()), json.dumps(request)],
+                                 stdin=subprocess.DEVNULL, stdout=None if request.get("verbose") else output,
+                                 stderr=output, start_new_session=True, pass_fds=(lock.fileno(),))
+        try:
+            status = child.wait()
+        finally:
+            if child.poll() is None:  # Ctrl-C or an error here: the child kills its compilers on SIGTERM
+                child.send_signal(signal.SIGTERM)
+                child.wait()
+    if status != 0:
+        lines = log.read_text(errors="replace").strip().splitlines()
+        raise RuntimeError(f"{lines[-1] if lines else f'the build exited with status {status}'} (log: {log})")
 
 
 def build_root() -> Path:
@@ -116,8 +175,8 @@ def wait_seconds() -> float:
 
 @contextlib.contextmanager
 def exclusive_build(build_dir: Path, what: str = FUSED.what):
-    """Hold build_dir's OS lock (yields True), or yield False after wait_seconds() of waiting.
-    Without fcntl (Windows) it yields True and relies on torch's own lock."""
+    """Hold build_dir's OS lock (yields its open file, which a build child may share), or yield None after
+    wait_seconds() of waiting. Without fcntl (Windows) it yields True and relies on torch's own lock."""
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -132,7 +191,7 @@ def exclusive_build(build_dir: Path, what: str = FUSED.what):
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    yield False
+                    yield None
                     return
                 if not told:
                     handle.seek(0)
@@ -150,7 +209,7 @@ def exclusive_build(build_dir: Path, what: str = FUSED.what):
             if stale.exists():
                 _log.warning("zoneout: removing %s, left by a build that was killed", stale)
                 stale.unlink()
-            yield True
+            yield handle
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
