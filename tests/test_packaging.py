@@ -3,8 +3,9 @@ replication harness (Hydra, OmegaConf, YAML, matplotlib, W&B), and the package d
 layers need; the harness is the [train] extra."""
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ("hydra", "omegaconf", "yaml", "matplotlib", "wandb", "submitit")
