@@ -155,6 +155,55 @@ def test_bad_cell_arguments_are_refused(kind, kwargs, error):
         make(**{"input_size": 3, "hidden_size": 4, **kwargs})
 
 
+# ---------------------------------------------------------------- a zero-size batch
+def _grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+@pytest.mark.parametrize("config", CONFIGS, ids=repr)
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_a_zero_size_batch_returns_and_backpropagates_what_nn_does(kind, config, impl, training):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours, theirs = LAYERS[kind][0](impl=impl, **config), LAYERS[kind][1](**config)
+    ours.train(training), theirs.train(training)
+    shape = (0, 5, 3) if config.get("batch_first") else (5, 0, 3)
+    results = []
+    for module in (ours, theirs):
+        x = torch.zeros(shape, requires_grad=True)
+        output, state = module(x)
+        states = state if isinstance(state, tuple) else (state,)
+        (output.sum() + sum(s.sum() for s in states)).backward()
+        results.append((output, states, x.grad, _grads(module)))
+    (output, states, x_grad, grads), (nn_output, nn_states, nn_x_grad, nn_grads) = results
+    assert output.shape == nn_output.shape and output.dtype == nn_output.dtype
+    assert [s.shape for s in states] == [s.shape for s in nn_states]
+    assert x_grad.shape == nn_x_grad.shape
+    assert all(g is not None and torch.equal(g, torch.zeros_like(g)) for g in grads)
+    assert [g.shape for g in grads] == [g.shape for g in nn_grads]
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_a_zero_size_batch_through_a_cell(kind, impl, with_state):
+    ours, theirs = CELLS[kind][0](impl=impl), CELLS[kind][1]()
+    lstm = kind == "lstm_cell"
+    hx = None
+    if with_state:
+        hx = (torch.zeros(0, 4), torch.zeros(0, 4)) if lstm else torch.zeros(0, 4)
+    for module in (ours, theirs):
+        x = torch.zeros(0, 3, requires_grad=True)
+        out = module(x, hx)
+        outs = out if lstm else (out,)
+        assert [o.shape for o in outs] == [torch.Size([0, 4])] * len(outs)
+        sum(o.sum() for o in outs).backward()
+        assert x.grad.shape == (0, 3)
+    assert all(g is not None and torch.equal(g, torch.zeros_like(g)) for g in _grads(ours))
+
+
 # ---------------------------------------------------------------- torch.jit.script
 @pytest.mark.parametrize("kind", sorted(LAYERS) + sorted(CELLS))
 def test_jit_script_is_refused_pointing_to_trace_and_export(kind):

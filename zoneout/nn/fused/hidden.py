@@ -9,7 +9,7 @@ per step) returning dL/d(pre-activations) of every step; the weight, bias and in
 then a few GEMMs over all timesteps.
 
 Everything else runs the reference loop: other devices or dtypes, float-tensor masks, an empty
-sequence, misshapen arguments, cpu_kernels options other than "auto"/"cpp", or no C++ module
+sequence or batch, misshapen arguments, cpu_kernels options other than "auto"/"cpp", or no C++ module
 (ZONEOUT_FUSED_CPP=0, a failed build).
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _kernel_inputs(gate_count, input, h0, weight_ih, weight_hh, bias_ih, bias_hh
     """(module, keep mask) when the kernels handle this call, else None."""
     tensors = [input, h0, weight_ih, weight_hh] + [b for b in (bias_ih, bias_hh) if b is not None]
     if (input.dim() != 3 or h0.dim() != 2 or weight_hh.dim() != 2 or (bias_ih is None) != (bias_hh is None)
-            or input.shape[0] == 0 or input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES
+            or 0 in input.shape[:2] or input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES
             or any(t.dtype != input.dtype or t.device != input.device for t in tensors)):
         return None
     (T, B, I), H = input.shape, weight_hh.shape[1]
