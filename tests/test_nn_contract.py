@@ -6,8 +6,10 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from zoneout import ZoneoutGRU, ZoneoutGRUCell, ZoneoutLSTM, ZoneoutLSTMCell
+from zoneout.nn.fused import cpu_ext
 from zoneout.nn.rnn import RNN
 
 F64 = torch.float64
@@ -42,6 +44,9 @@ def assert_same_outputs(got, expected, tolerance=0.0):
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
 
 
+def needs_cpp():
+    if cpu_ext.load() is None:
+        pytest.skip(f"C++ kernels unavailable: {cpu_ext.error()}")
 
 
 # ---------------------------------------------------------------- the nn.RNNBase surface
@@ -202,6 +207,61 @@ def test_a_zero_size_batch_through_a_cell(kind, impl, with_state):
         sum(o.sum() for o in outs).backward()
         assert x.grad.shape == (0, 3)
     assert all(g is not None and torch.equal(g, torch.zeros_like(g)) for g in _grads(ours))
+
+
+# ---------------------------------------------------------------- double backward
+def _as_function(module):
+    """module(x) as a function of x and every parameter, its outputs flattened into one vector."""
+    names = [name for name, _ in module.named_parameters()]
+
+    def run(x, *params):
+        out = functional_call(module, dict(zip(names, params)), (x,))
+        return torch.cat([o.flatten() for o in flatten(out)])
+    return run, [p.detach().clone().requires_grad_() for p in module.parameters()]
+
+
+SMALL_REFERENCE = {
+    "lstm": lambda: ZoneoutLSTM(2, 2, zoneout_cell=0.3, zoneout_hidden=0.2, impl="reference", bidirectional=True),
+    "gru": lambda: ZoneoutGRU(2, 2, zoneout_hidden=0.3, impl="reference", bidirectional=True),
+    "rnn": lambda: RNN(2, 2, zoneout_hidden=0.3, impl="reference"),
+    "lstm_cell": lambda: ZoneoutLSTMCell(2, 2, zoneout_cell=0.3, zoneout_hidden=0.2, impl="reference"),
+    "gru_cell": lambda: ZoneoutGRUCell(2, 2, zoneout_hidden=0.3),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL_REFERENCE))
+def test_double_backward_of_the_reference_path_passes_gradgradcheck(kind):
+    """Eval mode: the zoneout expectation is deterministic, so finite differences see one function."""
+    module = SMALL_REFERENCE[kind]().to(F64).eval()
+    x = torch.randn((3, 2, 2) if "cell" not in kind else (2, 2), dtype=F64, requires_grad=True)
+    run, params = _as_function(module)
+    assert torch.autograd.gradgradcheck(run, (x, *params), eps=1e-6, atol=1e-5)
+
+
+def _fused_modules():
+    return {"lstm": lambda: ZoneoutLSTM(3, 4, zoneout_cell=0.2, impl="fused"),
+            "lstm_auto": lambda: ZoneoutLSTM(3, 4, zoneout_hidden=0.2, impl="auto", bidirectional=True),
+            "lstm_cell": lambda: ZoneoutLSTMCell(3, 4, zoneout_cell=0.2, impl="auto"),
+            "gru": lambda: ZoneoutGRU(3, 4, zoneout_hidden=0.2, impl="fused"),
+            "rnn": lambda: RNN(3, 4, zoneout_hidden=0.2, impl="fused")}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", sorted(_fused_modules()))
+def test_double_backward_through_the_fused_kernels_is_a_clear_error(kind, training):
+    """A gradient penalty on the fused path must not get a None or constant gradient: it is refused,
+    naming impl='reference'."""
+    if kind in ("gru", "rnn"):
+        needs_cpp()
+    module = _fused_modules()[kind]().train(training)
+    x = torch.randn((5, 2, 3) if kind != "lstm_cell" else (2, 3), requires_grad=True)
+    out = module(x)[0]
+    with pytest.raises(RuntimeError, match="double backward.*impl='reference'"):
+        torch.autograd.grad(out.sum(), [x, *module.parameters()], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward.*impl='reference'"):
+        module(x)[0].pow(2).sum().backward(create_graph=True)
+    module(x)[0].sum().backward()  # first order is untouched
+    assert x.grad is not None and all(p.grad is not None for p in module.parameters())
 
 
 # ---------------------------------------------------------------- torch.jit.script

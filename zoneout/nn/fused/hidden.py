@@ -18,12 +18,12 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from zoneout.nn import gru as gru_reference
 from zoneout.nn import rnn as rnn_reference
 from zoneout.nn.fused import buffers, cpu_ext
-from zoneout.nn.fused.function import _no_autocast, column_sums, input_projection, project, recurrent_weight_grad
+from zoneout.nn.fused.function import (_no_autocast, column_sums, first_order_only, input_projection, project,
+                                       recurrent_weight_grad)
 from zoneout.nn.fused.masks import CompactMask, UnsupportedMask, compact_mask
 from zoneout.nn.noise import RecurrentNoise
 
@@ -122,7 +122,7 @@ class FusedGRUFunction(torch.autograd.Function):
         return output, output[-1].clone()  # a copy: an in-place edit of h_T cannot reach the saved output
 
     @staticmethod
-    @once_differentiable  # the kernels are not differentiable: a double backward raises instead of lying
+    @first_order_only
     def backward(ctx, grad_output: Tensor, grad_h: Tensor):
         input, h0, weight_ih, weight_hh, output, gates, hn = ctx.saved_tensors
         keep, need = ctx.keep, ctx.needs_input_grad
@@ -163,7 +163,7 @@ class FusedRNNFunction(torch.autograd.Function):
         return output, output[-1].clone()
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_output: Tensor, grad_h: Tensor):
         input, h0, weight_ih, weight_hh, output, activations = ctx.saved_tensors
         keep, need = ctx.keep, ctx.needs_input_grad
