@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from zoneout.nn.gru import gru_cell_step
 from zoneout.nn.lstm import IMPLS, _resolve_impl
 from zoneout.nn.noise import RecurrentNoise
+from zoneout.nn.rnn_base import CellSurface, check_bools, check_sizes
 from zoneout.nn.sequences import RecurrentInputError, check_state_dtype, compute_dtype
 from zoneout.nn.zoneout_noise import Zoneout
 
@@ -39,20 +40,19 @@ def zoneout_gru_cell(input: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Ten
     return gru_cell_step(gates_x, h, weight_hh, bias_hh, keep_hidden)
 
 
-class _ZoneoutCell(nn.Module):
+class _ZoneoutCell(CellSurface, nn.Module):
     """nn.RNNCellBase's parameters (weight_ih, weight_hh, bias_ih, bias_hh; gate_count * H rows) and
-    input / state handling (batched (B, I) or unbatched (I,))."""
+    input / state handling (batched (B, I) or unbatched (I,)); the layers' nn.RNNBase surface and
+    argument checks (rnn_base.py), stricter than nn's cells, which take bias="False" as True."""
 
     gate_count = 1
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, zoneout_cell: float, zoneout_hidden: float,
                  device, dtype):
         super().__init__()
-
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if int(value) != value or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bool(bias)
+        check_bools(bias=bias)
+        check_sizes(input_size=input_size, hidden_size=hidden_size)
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.zoneout = Zoneout(cell=zoneout_cell, hidden=zoneout_hidden)  # no parameters: state_dict as nn's
         rows, factory = self.gate_count * self.hidden_size, {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(rows, self.input_size, **factory))
@@ -95,13 +95,15 @@ class _ZoneoutCell(nn.Module):
         return self.zoneout.noise(1, batch, self.hidden_size, device, self.training)
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, zoneout={self.zoneout.extra_repr()}"
+        cell = f", zoneout_cell={self.zoneout.cell}" if self.gate_count == 4 else ""
+        return f"{self.nn_extra_repr()}{cell}, zoneout_hidden={self.zoneout.hidden}"
 
 
 class ZoneoutLSTMCell(_ZoneoutCell):
     """nn.LSTMCell plus zoneout; forward(input, hx=(h, c) or None) -> (h, c)."""
 
     gate_count = 4
+    mode = "LSTM"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, zoneout_cell: float = 0.0,
                  zoneout_hidden: float = 0.0, device=None, dtype=None, *, impl: str = "auto"):
@@ -109,6 +111,9 @@ class ZoneoutLSTMCell(_ZoneoutCell):
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         super().__init__(input_size, hidden_size, bias, zoneout_cell, zoneout_hidden, device, dtype)
         self.zoneout_cell, self.zoneout_hidden, self.impl = self.zoneout.cell, self.zoneout.hidden, impl
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, impl={self.impl!r}"
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
         input, unbatched = self._input(input)
@@ -125,6 +130,7 @@ class ZoneoutGRUCell(_ZoneoutCell):
     """nn.GRUCell plus zoneout on h; forward(input, hx=h or None) -> h."""
 
     gate_count = 3
+    mode = "GRU"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, zoneout_hidden: float = 0.0,
                  device=None, dtype=None):

@@ -56,14 +56,15 @@ class GRU(HiddenStateRecurrence):
     """torch.nn.GRU plus zoneout on h (`zoneout_hidden` = probability a unit KEEPS its previous h)."""
 
     gate_count = 3
+    mode = "GRU"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0,
                  recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
-                 bidirectional: bool = False, impl: str = "auto", device=None, dtype=None):
+                 bidirectional: bool = False, impl: str = "auto", device=None, dtype=None, proj_size=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          recurrent_regularizers, zoneout_hidden, bidirectional=bidirectional, impl=impl,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, proj_size=proj_size)
 
     def layer_forward(self, layer, input, h0, noise, direction=0):
         layer_fn = resolve_layer(self.impl, "gru_layer", gru_layer)
@@ -78,6 +79,7 @@ class ZoneoutGRU(GRU):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
                  dtype=None, *, zoneout_hidden: float = 0.0,
-                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), impl: str = "auto"):
+                 recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), impl: str = "auto", proj_size=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, recurrent_regularizers,
-                         zoneout_hidden, bidirectional=bidirectional, impl=impl, device=device, dtype=dtype)
+                         zoneout_hidden, bidirectional=bidirectional, impl=impl, device=device, dtype=dtype,
+                         proj_size=proj_size)

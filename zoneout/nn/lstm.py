@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import PackedSequence
 from zoneout.nn import reference
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability
 from zoneout.nn.noise import capturing as _capturing
+from zoneout.nn.rnn_base import LayerSurface, check_layer_arguments
 from zoneout.nn.sequences import RecurrentInputError, compute_dtype, finish_output, finish_state, initial_state, prepare_input
 from zoneout.nn.stack import run_layers
 from zoneout.nn.zoneout_noise import Zoneout
@@ -63,19 +64,21 @@ def _try_load_fused() -> None:
         register_layer_impl("fused", lstm_layer)
 
 
-class LSTM(nn.Module):
+class LSTM(LayerSurface, nn.Module):
     """Multi-layer (optionally bidirectional) LSTM whose recurrence takes noise from
     `recurrent_regularizers` (one noise draw per layer, direction and forward pass). With no
-    regularizers it computes exactly what nn.LSTM computes."""
+    regularizers it computes exactly what nn.LSTM computes. nn.RNNBase's other attributes
+    (flatten_parameters, all_weights, mode, ...) and constructor checks: rnn_base.py."""
+
+    mode = "LSTM"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0,
                  recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), impl: str = "auto", *,
                  bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None):
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if int(value) != value or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+        self.dropout = check_probability("dropout", dropout)
+        check_layer_arguments(input_size, hidden_size, num_layers, bias, batch_first, self.dropout, proj_size)
         if proj_size:
             raise ValueError(f"proj_size={proj_size} is not supported by {type(self).__name__} (LSTM with "
                              f"projections is not implemented); use proj_size=0, or nn.LSTM without zoneout")
@@ -83,9 +86,7 @@ class LSTM(nn.Module):
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bool(bidirectional)
-        self.proj_size = 0
         self.num_directions = 2 if self.bidirectional else 1
-        self.dropout = check_probability("dropout", dropout)
         self.recurrent_regularizers = nn.ModuleList(recurrent_regularizers)
         self.impl = impl
         factory = {"device": device, "dtype": dtype}
@@ -99,6 +100,9 @@ class LSTM(nn.Module):
                     self.register_parameter(name("bias_ih"), nn.Parameter(torch.empty(4 * hidden_size, **factory)))
                     self.register_parameter(name("bias_hh"), nn.Parameter(torch.empty(4 * hidden_size, **factory)))
         self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"{self.nn_extra_repr()}, impl={self.impl!r}"
 
     def reset_parameters(self) -> None:
         """nn.LSTM's default: U(-1/sqrt(H), 1/sqrt(H)) for every parameter."""
@@ -166,6 +170,5 @@ class ZoneoutLSTM(LSTM):
         self.zoneout_cell, self.zoneout_hidden = zoneout.cell, zoneout.hidden
 
     def extra_repr(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"bidirectional={self.bidirectional}, zoneout_cell={self.zoneout_cell}, "
-                f"zoneout_hidden={self.zoneout_hidden}, impl={self.impl!r}")
+        return (f"{self.nn_extra_repr()}, zoneout_cell={self.zoneout_cell}, zoneout_hidden={self.zoneout_hidden}, "
+                f"impl={self.impl!r}")

@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from zoneout.nn.lstm import IMPLS, _capturing
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability, keep_or_update
+from zoneout.nn.rnn_base import LayerSurface, check_layer_arguments, refuse_proj_size
 from zoneout.nn.sequences import compute_dtype, finish_output, finish_state, initial_state, prepare_input
 from zoneout.nn.stack import run_layers
 from zoneout.nn.zoneout_noise import Zoneout
@@ -61,28 +62,26 @@ def resolve_layer(impl: str, name: str, reference_layer: Callable) -> Callable:
     return getattr(fused, name)
 
 
-class HiddenStateRecurrence(nn.Module):
+class HiddenStateRecurrence(LayerSurface, nn.Module):
     """Shared plumbing of GRU and RNN: nn.RNN-style parameters, shapes, layers, directions, packed
-    input, noise and dropout. Subclasses set `gate_count` and implement `layer_forward`."""
+    input, noise and dropout. Subclasses set `gate_count`, `mode` and implement `layer_forward`."""
 
     gate_count = 1
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0,
                  recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
-                 bidirectional: bool = False, impl: str = "auto", device=None, dtype=None):
+                 bidirectional: bool = False, impl: str = "auto", device=None, dtype=None, proj_size=None):
         super().__init__()
+        refuse_proj_size(proj_size)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.impl = impl
-
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if int(value) != value or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
-        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
-        self.num_directions = 2 if self.bidirectional else 1
         self.dropout = check_probability("dropout", dropout)
+        check_layer_arguments(input_size, hidden_size, num_layers, bias, batch_first, self.dropout)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
         zoneout = Zoneout(hidden=zoneout_hidden)
         self.zoneout_hidden = zoneout.hidden
         regularizers = ([zoneout] if zoneout.active else []) + list(recurrent_regularizers)
@@ -159,9 +158,7 @@ class HiddenStateRecurrence(nn.Module):
         return finish_output(output, prepared, self.batch_first), finish_state(h_n, prepared)
 
     def extra_repr(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
-                f"batch_first={self.batch_first}, dropout={self.dropout}, bidirectional={self.bidirectional}, "
-                f"zoneout_hidden={self.zoneout_hidden}, impl={self.impl!r}")
+        return f"{self.nn_extra_repr()}, zoneout_hidden={self.zoneout_hidden}, impl={self.impl!r}"
 
 
 class RNN(HiddenStateRecurrence):
@@ -170,7 +167,8 @@ class RNN(HiddenStateRecurrence):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  recurrent_regularizers: Sequence[RecurrentNoiseSource] = (), zoneout_hidden: float = 0.0, *,
-                 bidirectional: bool = False, impl: str = "auto", device=None, dtype=None):
+                 bidirectional: bool = False, impl: str = "auto", device=None, dtype=None, proj_size=None):
+        refuse_proj_size(proj_size)
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {tuple(NONLINEARITIES)}, got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -178,9 +176,14 @@ class RNN(HiddenStateRecurrence):
                          recurrent_regularizers, zoneout_hidden, bidirectional=bidirectional, impl=impl,
                          device=device, dtype=dtype)
 
+    @property
+    def mode(self) -> str:
+        return "RNN_RELU" if self.nonlinearity == "relu" else "RNN_TANH"
+
     def layer_forward(self, layer, input, h0, noise, direction=0):
         layer_fn = resolve_layer(self.impl, "rnn_layer", rnn_layer)
         return layer_fn(input, h0, *self.layer_weights(layer, direction), noise, self.nonlinearity)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, nonlinearity={self.nonlinearity!r}"
+        relu = "" if self.nonlinearity == "tanh" else f", nonlinearity={self.nonlinearity!r}"  # as nn.RNNCell shows it
+        return super().extra_repr() + relu

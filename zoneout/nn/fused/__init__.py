@@ -6,7 +6,7 @@ pointwise pass, with kernels picked by device:
   CPU  -> C++ kernels (cpu_kernels.cpp, built once and cached), else the PyTorch-op kernels;
   CUDA -> Triton pointwise kernels with cuBLAS GEMMs (triton_backend.py), else the PyTorch-op kernels.
 What the kernels do not handle falls back to the reference loop: float-tensor masks, dtypes other
-than float32/float64, an empty sequence, or devices other than CPU/CUDA.
+than float32/float64, an empty sequence or batch, or devices other than CPU/CUDA.
 
 `gru_layer` / `rnn_layer` (hidden.py) are the same for zoneout.nn.gru / rnn's layers, on the
 CPU with the C++ kernels only (else their reference loops).
@@ -125,7 +125,7 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
                ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer over a sequence. input (T,B,I), h0/c0 (B,H) -> output (T,B,H), h_T, c_T."""
     tensors = [input, h0, c0, weight_ih, weight_hh] + [b for b in (bias_ih, bias_hh) if b is not None]
-    if (not _shapes_fit(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh) or input.shape[0] == 0
+    if (not _shapes_fit(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh) or 0 in input.shape[:2]
             or input.device.type not in ("cpu", "cuda") or input.dtype not in _SUPPORTED_DTYPES
             or any(t.dtype != input.dtype or t.device != input.device for t in tensors)):
         # the reference handles (or rejects with torch's own error) whatever the kernels do not read

@@ -18,15 +18,15 @@ Kernels: C++ on the CPU (bn_cpu_kernels.cpp, built once like the fused LSTM's), 
 (bn_torch_kernels.py; also the CUDA path). What they do not handle runs the reference loop: dtypes other
 than float32/float64, devices other than CPU/CUDA, mixed dtypes or devices, float-tensor masks, an empty
 sequence, autocast, norms not shaped as BatchNormLSTM builds them. As with the fused LSTM, a double
-backward raises (the backward is not differentiable).
+backward raises, naming impl='reference' (the backward is not differentiable).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from zoneout.nn.fused import bn_torch_kernels, buffers, cpu_ext
+from zoneout.nn.fused.function import first_order_only
 from zoneout.nn.fused.masks import CompactNoise, UnsupportedMask, compact_noise
 from zoneout.nn.noise import RecurrentNoise
 
@@ -117,7 +117,7 @@ class BNLSTMFunction(torch.autograd.Function):
         return output, output[-1].clone(), cells[-1].clone()
 
     @staticmethod
-    @once_differentiable  # the kernels are not differentiable: a double backward raises instead of lying
+    @first_order_only
     def backward(ctx, grad_output, grad_h, grad_c):
         (input, h0, weight_ih, weight_hh, gamma_x, gamma_h, gamma_c, xhat_x, rstd_x,
          output, cells, gates, xh, rstd_h, xc, rstd_c, tc) = ctx.saved_tensors

@@ -13,6 +13,7 @@ cpu_gemm.py; else torch.mm).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -21,6 +22,24 @@ from torch.autograd.function import once_differentiable
 
 from zoneout.nn.fused import buffers, cpu_gemm
 from zoneout.nn.fused.masks import CompactNoise
+
+DOUBLE_BACKWARD_REFUSED = (
+    "double backward (a gradient of a gradient: create_graph=True, gradient penalties, Hessians) is not "
+    "supported by the fused zoneout kernels, whose backward is not differentiable. Build the layer or cell "
+    "with impl='reference' (plain torch ops; its double backward passes gradgradcheck) for this computation.")
+
+
+def first_order_only(backward):
+    """once_differentiable, refusing outright where a graph of the backward is asked for: once_differentiable
+    alone hands back gradients that are constants of the inputs (a silent None or zero second derivative)."""
+    once = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def checked(ctx, *grads):
+        if torch.is_grad_enabled():  # the engine runs backward in grad mode exactly when create_graph=True
+            raise RuntimeError(DOUBLE_BACKWARD_REFUSED)
+        return once(ctx, *grads)
+    return checked
 
 
 def uses_onednn(kernels, like: Tensor) -> bool:
@@ -100,7 +119,7 @@ class FusedLSTMFunction(torch.autograd.Function):
         return output, output[-1].clone(), cells[-1].clone()
 
     @staticmethod
-    @once_differentiable  # the kernels are not differentiable: a double backward raises instead of lying
+    @first_order_only
     def backward(ctx, grad_output: Tensor, grad_h: Tensor, grad_c: Tensor):
         with _no_autocast(grad_output.device):
             return FusedLSTMFunction._backward(ctx, grad_output, grad_h, grad_c)

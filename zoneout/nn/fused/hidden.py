@@ -9,7 +9,7 @@ per step) returning dL/d(pre-activations) of every step; the weight, bias and in
 then a few GEMMs over all timesteps.
 
 Everything else runs the reference loop: other devices or dtypes, float-tensor masks, an empty
-sequence, misshapen arguments, cpu_kernels options other than "auto"/"cpp", or no C++ module
+sequence or batch, misshapen arguments, cpu_kernels options other than "auto"/"cpp", or no C++ module
 (ZONEOUT_FUSED_CPP=0, a failed build).
 """
 from __future__ import annotations
@@ -18,12 +18,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from zoneout.nn import gru as gru_reference
 from zoneout.nn import rnn as rnn_reference
 from zoneout.nn.fused import buffers, cpu_ext
-from zoneout.nn.fused.function import _no_autocast, column_sums, input_projection, project, recurrent_weight_grad
+from zoneout.nn.fused.function import _no_autocast, column_sums, first_order_only, input_projection, project, recurrent_weight_grad
 from zoneout.nn.fused.masks import CompactMask, UnsupportedMask, compact_mask
 from zoneout.nn.noise import RecurrentNoise
 
@@ -49,7 +48,7 @@ def _kernel_inputs(gate_count, input, h0, weight_ih, weight_hh, bias_ih, bias_hh
     """(module, keep mask) when the kernels handle this call, else None."""
     tensors = [input, h0, weight_ih, weight_hh] + [b for b in (bias_ih, bias_hh) if b is not None]
     if (input.dim() != 3 or h0.dim() != 2 or weight_hh.dim() != 2 or (bias_ih is None) != (bias_hh is None)
-            or input.shape[0] == 0 or input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES
+            or 0 in input.shape[:2] or input.device.type != "cpu" or input.dtype not in _SUPPORTED_DTYPES
             or any(t.dtype != input.dtype or t.device != input.device for t in tensors)):
         return None
     (T, B, I), H = input.shape, weight_hh.shape[1]
@@ -122,7 +121,7 @@ class FusedGRUFunction(torch.autograd.Function):
         return output, output[-1].clone()  # a copy: an in-place edit of h_T cannot reach the saved output
 
     @staticmethod
-    @once_differentiable  # the kernels are not differentiable: a double backward raises instead of lying
+    @first_order_only
     def backward(ctx, grad_output: Tensor, grad_h: Tensor):
         input, h0, weight_ih, weight_hh, output, gates, hn = ctx.saved_tensors
         keep, need = ctx.keep, ctx.needs_input_grad
@@ -163,7 +162,7 @@ class FusedRNNFunction(torch.autograd.Function):
         return output, output[-1].clone()
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_output: Tensor, grad_h: Tensor):
         input, h0, weight_ih, weight_hh, output, activations = ctx.saved_tensors
         keep, need = ctx.keep, ctx.needs_input_grad
