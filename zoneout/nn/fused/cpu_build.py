@@ -1,7 +1,7 @@
 """Build one C++ extension in a child process whose compilers die with the process that asked for it (Linux).
 
 cpu_ext runs `python cpu_build.py PARENT_PID REQUEST_JSON` (REQUEST_JSON: the keyword arguments of
-torch.utils.cpp_extension.load) in a session of its own. ninja starts every compiler in a process group of
+torch.utils.cpp_extension.load) in a process group of its own. ninja starts every compiler in a process group of
 its own and, killed with SIGKILL, leaves them running; so this process makes itself their subreaper (orphaned
 compilers become its children) and asks the kernel for SIGTERM when its parent dies, even by SIGKILL
 (PR_SET_PDEATHSIG). On SIGTERM it kills every descendant, then exits. Imports torch only, never zoneout,

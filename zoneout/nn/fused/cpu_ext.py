@@ -144,13 +144,15 @@ def _put_ninja_on_path() -> None:
 
 
 def build_in_child(request: dict, build_dir: Path, lock) -> None:
-    """Run cpp_extension.load(**request) in BUILDER, a child in its own session that holds the build lock
-    with us and kills its compilers if we die; raise with the build's last log line if it fails."""
+    """Run cpp_extension.load(**request) in BUILDER, a child that holds the build lock with us and kills its
+    compilers if we die; raise with the build's last log line if it fails. Its own process group keeps a
+    terminal's Ctrl-C for us; our session keeps it in our scheduling group (a new session would get a
+    fresh autogroup, and with it none of a prioritised caller's CPU share)."""
     log = build_dir / "build.log"
     with open(log, "w") as output:
         child = subprocess.Popen([sys.executable, str(BUILDER), str(os.getpid()), json.dumps(request)],
                                  stdin=subprocess.DEVNULL, stdout=None if request.get("verbose") else output,
-                                 stderr=output, start_new_session=True, pass_fds=(lock.fileno(),))
+                                 stderr=output, preexec_fn=os.setpgrp, pass_fds=(lock.fileno(),))
         try:
             status = child.wait()
         finally:
