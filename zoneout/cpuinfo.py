@@ -29,3 +29,18 @@ def cpu_model() -> str | None:
 def cpu_vendor() -> str:
     """'amd', 'intel' or 'cpu' (anything else, or no /proc/cpuinfo), from vendor_id."""
     return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(_fields().get("vendor_id", ""), "cpu")
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags (e.g. 'avx2', 'avx512_bf16'); empty without /proc/cpuinfo."""
+    return set(_fields().get("flags", "").split())
+
+
+def cpu_description() -> str:
+    """Model name with family/model numbers, e.g. 'AMD EPYC, family 25 model 1' (names alone can hide
+    the generation: a virtualised 'AMD EPYC' may be Zen 3 or Zen 4)."""
+    fields = _fields()
+    name = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields and "model" in fields:
+        return f"{name}, family {fields['cpu family']} model {fields['model']}"
+    return name
