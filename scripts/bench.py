@@ -44,7 +44,8 @@ from torch import nn
 
 import zoneout.nn.fused as fused
 from zoneout.cpuinfo import cpu_model
-from zoneout.nn.fused import cpu_ext, cpu_gemm
+from zoneout.nn.csrc import cpu_ext
+from zoneout.nn.fused import cpu_gemm
 from zoneout.nn.gru import GRU
 from zoneout.nn.lstm import ZoneoutLSTM
 from zoneout.nn.rnn import RNN

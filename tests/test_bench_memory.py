@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench  # noqa: E402
 
 import zoneout.nn.fused as fused  # noqa: E402
-from zoneout.nn.fused import cpu_ext  # noqa: E402
+from zoneout.nn.csrc import cpu_ext  # noqa: E402
 
 CPU = torch.device("cpu")
 MIB = 2 ** 20

@@ -1,4 +1,4 @@
-"""The fast recurrent-BN LSTM (zoneout/nn/fused/bn_function.py) against the reference loop in float64:
+"""The fast recurrent-BN LSTM (zoneout/nn/fused/bn_lstm_function.py) against the reference loop in float64:
 outputs, final states, every gradient and every population buffer, with the same masks; eval with the
 population (past max_length too); recalibration; fallbacks; and the model the BN rows build uses it."""
 from __future__ import annotations
@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import bools
 from hydra import compose, initialize_config_dir
 
-import zoneout.nn.bn_lstm as bn_lstm
+import zoneout.nn.reference as reference_loops
 from zoneout.models.build import build_model
-from zoneout.nn.bn_lstm import BatchNormLSTM, recalibrate_population
-from zoneout.nn.fused import bn_function, bn_torch_kernels, cpu_ext
+from zoneout.nn import dispatch
+from zoneout.nn.bn_lstm import BatchNormLSTM, StepwiseBatchNorm, recalibrate_population
+from zoneout.nn.csrc import cpu_ext
+from zoneout.nn.fused import bn_lstm_function, bn_torch_kernels
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +29,7 @@ def kernels(request, monkeypatch):
     """Every test runs on both kernel sets (the PyTorch-op ones are also the CUDA path)."""
     if request.param == "cpp" and cpu_ext.load(extension=cpu_ext.BN_LSTM) is None:
         pytest.skip(f"C++ kernels unavailable: {cpu_ext.error(cpu_ext.BN_LSTM)}")
-    monkeypatch.setitem(bn_function.options, "cpu_kernels", request.param)
+    monkeypatch.setitem(bn_lstm_function.options, "cpu_kernels", request.param)
     return request.param
 
 
@@ -42,7 +45,7 @@ class FixedNoise(RecurrentNoiseSource):
 
 
 def bernoulli(p, *shape, seed):
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) < p
+    return bools(shape, p, seed)
 
 
 def masks(kind, T):
@@ -154,7 +157,7 @@ def test_population_update_rules_match(plain_average, warmup):
     reference, fast = pair(num_layers=1, population_warmup=warmup, momentum=0.3)
     for model in (reference, fast):
         for bn in model.modules():
-            if isinstance(bn, bn_lstm.StepwiseBatchNorm):
+            if isinstance(bn, StepwiseBatchNorm):
                 bn.plain_average = plain_average
     for seed in range(4):  # T 3, 4, 5, 6: slots filled unevenly, steps_tracked grows then caps
         x, h0, c0 = inputs(3 + seed, layers=1, seed=seed)
@@ -208,13 +211,15 @@ def test_float32_agrees_with_the_reference():
 
 
 def spy_reference(monkeypatch):
+    """Record every run of the reference loop: as impl="reference" (dispatch) or as the fast path's fallback."""
     calls = []
-    original = bn_lstm.reference_bn_lstm_layer
+    original = reference_loops.bn_lstm_layer
 
     def spy(*args):
         calls.append(args[0].dtype)
         return original(*args)
-    monkeypatch.setattr(bn_lstm, "reference_bn_lstm_layer", spy)
+    monkeypatch.setattr(reference_loops, "bn_lstm_layer", spy)
+    monkeypatch.setitem(dispatch.LAYERS["bn_lstm"], "reference", spy)
     return calls
 
 
@@ -253,11 +258,11 @@ def test_impl_setting():
 def test_disabled_extension_uses_the_pytorch_kernels(monkeypatch):
     monkeypatch.setattr(cpu_ext, "_state", {})
     monkeypatch.setenv("ZONEOUT_FUSED_CPP", "0")
-    monkeypatch.setitem(bn_function.options, "cpu_kernels", "auto")
-    assert bn_function.kernels_for(torch.device("cpu")) is bn_torch_kernels
-    monkeypatch.setitem(bn_function.options, "cpu_kernels", "cpp")
+    monkeypatch.setitem(bn_lstm_function.options, "cpu_kernels", "auto")
+    assert bn_lstm_function.kernels_for(torch.device("cpu")) is bn_torch_kernels
+    monkeypatch.setitem(bn_lstm_function.options, "cpu_kernels", "cpp")
     with pytest.raises(RuntimeError, match="unavailable"):
-        bn_function.kernels_for(torch.device("cpu"))
+        bn_lstm_function.kernels_for(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("experiment, vocab", [("ptb_char/recurrent_batchnorm", 50),
@@ -271,13 +276,13 @@ def test_the_bn_rows_models_train_on_the_fast_path(experiment, vocab, monkeypatc
     model = build_model(model_cfg, cfg.regularizer, vocab, vocab or 10, 784 if vocab is None else 100).train()
     reference_calls = spy_reference(monkeypatch)
     applied = []
-    original = bn_function.BNLSTMFunction.apply
-    monkeypatch.setattr(bn_function.BNLSTMFunction, "apply", lambda *args: applied.append(args[-1]) or original(*args))
+    original = bn_lstm_function.BNLSTMFunction.apply
+    monkeypatch.setattr(bn_lstm_function.BNLSTMFunction, "apply", lambda *args: applied.append(args[-1]) or original(*args))
     if vocab is None:
         logits = model(torch.rand(3, 20))[0]
     else:
         logits = model(torch.randint(vocab, (3, 12)), None)[0]
     logits.square().mean().backward()
-    expected_kernels = bn_torch_kernels if kernels == "torch" else bn_function._cpp["kernels"]
+    expected_kernels = bn_torch_kernels if kernels == "torch" else bn_lstm_function._cpp["kernels"]
     assert applied == [expected_kernels] * cfg.model.num_layers and reference_calls == []
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

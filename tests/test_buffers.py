@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import zoneout.nn.fused as fused
-from zoneout.nn import gru as gru_reference
 from zoneout.nn import reference
-from zoneout.nn.fused import buffers, cpu_ext
-from zoneout.nn.fused.hidden import gru_layer
+from zoneout.nn.csrc import cpu_ext
+from zoneout.nn.fused import buffers
+from zoneout.nn.fused.gru_rnn_function import gru_layer
 from zoneout.nn.noise import RecurrentNoise
 
 needs_cpp = pytest.mark.skipif(cpu_ext.load() is None, reason=f"C++ kernels unavailable: {cpu_ext.error()}")
@@ -138,7 +138,7 @@ def test_fused_gru_backward_buffers_match_the_reference_across_interleaved_graph
         runs.append((args, noise, gru_layer(*args, noise)))
     for args, noise, (output, h_last) in reversed(runs):
         got = torch.autograd.grad((output * output).sum() + h_last.sum(), args)
-        want_output, want_h = gru_reference.gru_layer(*args, noise)
+        want_output, want_h = reference.gru_layer(*args, noise)
         want = torch.autograd.grad((want_output * want_output).sum() + want_h.sum(), args)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
@@ -146,7 +146,7 @@ def test_fused_gru_backward_buffers_match_the_reference_across_interleaved_graph
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_input_projection_goes_into_a_pooled_block_and_equals_addmm(bias, monkeypatch):
-    from zoneout.nn.fused.function import project
+    from zoneout.nn.fused.lstm_function import project
 
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(5, 3, 7, generator=gen, dtype=torch.float64), torch.randn(8, 7, generator=gen, dtype=torch.float64)
@@ -164,7 +164,7 @@ def test_the_input_projection_goes_into_a_pooled_block_and_equals_addmm(bias, mo
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")
 def test_a_onednn_layer_projects_wide_inputs_through_onednn_and_narrow_ones_into_the_pool():
     from zoneout.nn.fused import cpu_gemm
-    from zoneout.nn.fused.function import project
+    from zoneout.nn.fused.lstm_function import project
 
     for width in (8, 1024):
         buffers.release()

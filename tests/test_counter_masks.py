@@ -1,4 +1,4 @@
-"""The CPU masks' counter-based generator (zoneout/nn/counter_masks.py, fused/cpu_masks.cpp): its definition
+"""The CPU masks' counter-based generator (zoneout/nn/counter_masks.py, csrc/cpu_masks.cpp): its definition
 (SplitMix64's published outputs), C++ = PyTorch-op twin bit for bit, independence of the thread count,
 reproducibility under torch.manual_seed, and the statistics a zoneout mask needs (rate, independence of
 neighbouring elements -- two share one 64-bit draw --, of timesteps, of the c and h masks)."""
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zoneout.nn import counter_masks
-from zoneout.nn.fused import cpu_ext
+from zoneout.nn.csrc import cpu_ext
 from zoneout.nn.noise import bernoulli_mask
 from zoneout.nn.zoneout_noise import Zoneout
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zoneout.nn.fused import cpu_ext
+from zoneout.nn.csrc import cpu_ext
 
 ROOT = Path(__file__).resolve().parent.parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the build child is Linux-only")
@@ -22,7 +22,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 # that starts a compiler-like `sleep` in a session of its own, writes their pids ("builder PID" lines), and waits.
 FAKE_BUILDER = f"""
 import os, subprocess, sys
-sys.path.insert(0, {str(ROOT / "zoneout" / "nn" / "fused")!r})
+sys.path.insert(0, {str(ROOT / "zoneout" / "nn" / "csrc")!r})
 import cpu_build
 
 NINJA = '''
@@ -47,7 +47,7 @@ sys.exit(cpu_build.main(build))
 PARENT = """
 import sys
 from pathlib import Path
-from zoneout.nn.fused import cpu_ext
+from zoneout.nn.csrc import cpu_ext
 cpu_ext.BUILDER = Path(sys.argv[1])
 print(cpu_ext.load(extension=cpu_ext.Extension("fake_ext", (Path(sys.argv[2]),), (), "fake kernels")))
 """

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from zoneout.nn.fused import cpu_ext
+from zoneout.nn.csrc import cpu_ext
 
 ROOT = Path(__file__).resolve().parent.parent
 # Loads the kernels, then runs a fused ZoneoutLSTM step either way (C++ kernels or the PyTorch fallback).
 SCRIPT = """
 import torch
 from zoneout import ZoneoutLSTM
-from zoneout.nn.fused import cpu_ext
+from zoneout.nn.csrc import cpu_ext
 module = cpu_ext.load()
 lstm = ZoneoutLSTM(3, 4, zoneout_cell=0.5, zoneout_hidden=0.05, impl="fused")
 lstm(torch.randn(5, 2, 3))[0].sum().backward()

@@ -5,16 +5,15 @@ The first use of the C++ kernels builds them (~1 min on 2 cores, then cached).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import bools
 
 import zoneout.nn.fused as fused
-from zoneout.nn import lstm as lstm_module
-from zoneout.nn import reference
-from zoneout.nn.fused import cpu_ext, torch_kernels
-from zoneout.nn.fused.function import FusedLSTMFunction
+from zoneout.nn import dispatch, reference, register_layer_impl
+from zoneout.nn.csrc import cpu_ext
+from zoneout.nn.fused import bn_lstm_function, torch_kernels
+from zoneout.nn.fused.lstm_function import FusedLSTMFunction
 from zoneout.nn.fused.masks import compact_noise
 from zoneout.nn.lstm import ZoneoutLSTM
 from zoneout.nn.noise import RecurrentNoise
@@ -31,9 +30,6 @@ def kernels(request, monkeypatch):
     monkeypatch.setitem(fused.options, "cpu_kernels", request.param)
     return request.param
 
-
-def bools(shape, p, seed):
-    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < p
 
 
 def make_args(dtype=torch.float64, seed=0, bias=True):
@@ -212,9 +208,30 @@ def test_mask_that_does_not_broadcast_raises_value_error():
         fused.lstm_layer(*make_args(), RecurrentNoise(keep_hidden=torch.ones(T, B + 1, H, dtype=torch.bool)))
 
 
-def test_auto_picks_fused_on_cpu():
-    assert lstm_module._resolve_impl("auto") is fused.lstm_layer
-    assert lstm_module.LAYER_IMPLEMENTATIONS["fused"] is fused.lstm_layer
+def test_dispatch_picks_fused_for_auto_and_the_reference_for_reference_or_capture(monkeypatch):
+    kinds = {"lstm": (fused.lstm_layer, reference.lstm_layer), "gru": (fused.gru_layer, reference.gru_layer),
+             "rnn": (fused.rnn_layer, reference.rnn_layer), "bn_lstm": (bn_lstm_function.bn_lstm_layer, reference.bn_lstm_layer)}
+    for kind, (fast, loop) in kinds.items():
+        assert dispatch.layer_function(kind, "auto") is fast and dispatch.layer_function(kind, "fused") is fast
+        assert dispatch.layer_function(kind, "reference") is loop
+    monkeypatch.setattr(dispatch, "capturing", lambda: True)  # tracing / exporting / compiling
+    assert all(dispatch.layer_function(kind, "fused") is loop for kind, (_, loop) in kinds.items())
+    with pytest.raises(ValueError, match="impl must be one of"):
+        dispatch.check_impl("fast")
+
+
+def test_register_layer_impl_replaces_what_fused_and_auto_run(monkeypatch):
+    monkeypatch.setitem(dispatch.LAYERS, "lstm", dict(dispatch.LAYERS["lstm"]))
+    calls = []
+
+    def traced(*args):
+        calls.append(args[0].shape)
+        return reference.lstm_layer(*args)
+    register_layer_impl("fused", traced)
+    ZoneoutLSTM(I, H, zoneout_cell=0.5)(torch.randn(T, B, I))
+    assert calls == [(T, B, I)]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        register_layer_impl("fused", traced, kind="transformer")
 
 
 def test_unbuildable_extension_falls_back_to_pytorch_kernels(monkeypatch):
@@ -264,9 +281,9 @@ def test_float32_at_h256_takes_the_packed_gemm_path_and_matches_reference(kernel
     assert_matches_reference(args, noise, atol=1e-5, rtol=1e-4)
 
 
-def test_layers_need_neither_regularizers_nor_an_import_circle():
+def test_layers_need_no_regularizers_and_fused_imports_on_its_own():
     """zoneout.nn builds its own zoneout noise (no reaching up into zoneout.regularizers), and the fused
-    package imports on its own: ZoneoutLSTM registers it on first use."""
+    package imports on its own (tests/test_import_graph.py checks that no import circle exists)."""
     import subprocess
     import sys
 
@@ -275,13 +292,11 @@ def test_layers_need_neither_regularizers_nor_an_import_circle():
               "from zoneout import ZoneoutLSTM, ZoneoutLSTMCell, ZoneoutGRU\n"
               "ZoneoutLSTM(3, 4, zoneout_cell=0.5)(torch.randn(2, 1, 3)); ZoneoutLSTMCell(3, 4, zoneout_hidden=0.1)(torch.randn(1, 3))\n"
               "ZoneoutGRU(3, 4, zoneout_hidden=0.1)(torch.randn(2, 1, 3))\n"
-              "from zoneout.nn import lstm\n"
-              "assert lstm.LAYER_IMPLEMENTATIONS['fused'] is fused.lstm_layer\n"
+              "from zoneout.nn import dispatch\n"
+              "assert dispatch.LAYERS['lstm']['fused'] is fused.lstm_layer\n"
               "assert not [m for m in sys.modules if m.startswith('zoneout.regularizers')], 'zoneout.nn imported regularizers'\n"
               "from zoneout.regularizers import Zoneout\n"
               "from zoneout.nn.zoneout_noise import Zoneout as Same\n"
               "assert Zoneout is Same\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    fused_sources = Path(fused.__file__).parent.glob("*.py")
-    assert not [p.name for p in fused_sources if "nn import lstm" in p.read_text() or "nn.lstm import" in p.read_text()]

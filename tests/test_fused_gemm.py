@@ -13,7 +13,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import zoneout.nn.fused as fused
 from zoneout.nn import reference
-from zoneout.nn.fused import cpu_ext, cpu_gemm
+from zoneout.nn.csrc import cpu_ext
+from zoneout.nn.fused import cpu_gemm
 from zoneout.nn.noise import RecurrentNoise
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::mm_out", "mkl::_mkl_linear")

@@ -22,7 +22,7 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 from zoneout.nn import reference  # noqa: E402
 from zoneout.nn.fused import torch_kernels, triton_backend  # noqa: E402
 from zoneout.nn.fused.cuda_graphs import EagerCapture, GraphRunner  # noqa: E402
-from zoneout.nn.fused.function import FusedLSTMFunction, run_inference  # noqa: E402
+from zoneout.nn.fused.lstm_function import FusedLSTMFunction, run_inference  # noqa: E402
 from zoneout.nn.fused.masks import SCALAR, CompactMask, CompactNoise, compact_mask, compact_noise, device_values  # noqa: E402
 from zoneout.nn.fused.triton_backend import TritonKernels, lowp_gemm_for  # noqa: E402
 from zoneout.nn.noise import RecurrentNoise  # noqa: E402

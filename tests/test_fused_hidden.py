@@ -1,4 +1,4 @@
-"""The fused CPU GRU and simple-RNN layers (zoneout.nn.fused.hidden, C++ kernels) against the reference
+"""The fused CPU GRU and simple-RNN layers (zoneout.nn.fused.gru_rnn_function, C++ kernels) against the reference
 loops zoneout.nn.gru.gru_layer / zoneout.nn.rnn.rnn_layer, with the same masks given to both, and
 against nn.GRU / nn.RNN without noise. The first use of the C++ kernels builds them (~1 min, cached).
 """
@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import bools
 from torch import nn
 
 import zoneout.nn.fused as fused
-from zoneout.nn import gru as gru_module
-from zoneout.nn import rnn as rnn_module
-from zoneout.nn.fused import cpu_ext, hidden
+from zoneout.nn import reference
+from zoneout.nn.csrc import cpu_ext
+from zoneout.nn.fused import gru_rnn_function
 from zoneout.nn.gru import GRU, ZoneoutGRU
 from zoneout.nn.noise import RecurrentNoise
 from zoneout.nn.rnn import RNN
@@ -24,7 +25,7 @@ TOL = dict(atol=1e-10, rtol=1e-10)
 KINDS = ("gru", "tanh", "relu")
 
 
-REAL_MODULE = hidden._module
+REAL_MODULE = gru_rnn_function._module
 CALLS = {"gru": 0, "rnn": 0}  # the fused kernels' forward calls in the running test
 
 
@@ -46,19 +47,16 @@ def calls(monkeypatch):
                     return target(*args)
                 return counted
             return target
-    monkeypatch.setattr(hidden, "_module", lambda: Spy())
+    monkeypatch.setattr(gru_rnn_function, "_module", lambda: Spy())
     return counts
 
 
 def layers(kind):
     """(fused, reference) layer functions with gru_layer's signature."""
     if kind == "gru":
-        return fused.gru_layer, gru_module.gru_layer
-    return (lambda *a: fused.rnn_layer(*a, nonlinearity=kind)), (lambda *a: rnn_module.rnn_layer(*a, nonlinearity=kind))
+        return fused.gru_layer, reference.gru_layer
+    return (lambda *a: fused.rnn_layer(*a, nonlinearity=kind)), (lambda *a: reference.rnn_layer(*a, nonlinearity=kind))
 
-
-def bools(shape, p, seed):
-    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < p
 
 
 def make_args(kind, dtype=torch.float64, seed=0, bias=True, t=T, b=B, h=H):
@@ -240,10 +238,10 @@ def test_float_masks_fall_back_to_reference(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_disabled_extension_runs_the_reference(kind, monkeypatch):
-    monkeypatch.setattr(hidden, "_module", REAL_MODULE)
+    monkeypatch.setattr(gru_rnn_function, "_module", REAL_MODULE)
     monkeypatch.setattr(cpu_ext, "_state", {})
     monkeypatch.setenv("ZONEOUT_FUSED_CPP", "0")
-    assert hidden._module() is None
+    assert gru_rnn_function._module() is None
     assert_matches_reference(kind, make_args(kind), NOISES["per-unit"](), fused_calls=0)
     model = make_module(kind, "fused", zoneout_hidden=0.3)
     model(torch.randn(T, B, I))[0].sum().backward()

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from helpers import bools as seeded_bools
 
 if not torch.cuda.is_available():  # must be set before the kernels are decorated (imported)
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -19,7 +20,7 @@ import zoneout.nn.fused as fused  # noqa: E402
 from zoneout.nn import reference  # noqa: E402
 from zoneout.nn.fused import triton_backend  # noqa: E402
 from zoneout.nn.fused.cuda_graphs import EagerCapture, GraphRunner  # noqa: E402
-from zoneout.nn.fused.function import FusedLSTMFunction, run_inference  # noqa: E402
+from zoneout.nn.fused.lstm_function import FusedLSTMFunction, run_inference  # noqa: E402
 from zoneout.nn.fused.masks import compact_noise  # noqa: E402
 from zoneout.nn.fused.triton_backend import TritonKernels  # noqa: E402
 from zoneout.nn.noise import RecurrentNoise  # noqa: E402
@@ -45,7 +46,7 @@ def _tf32_off(monkeypatch):
 
 
 def bools(shape, p, seed):
-    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < p).to(DEVICE)
+    return seeded_bools(shape, p, seed, DEVICE)
 
 
 def make_args(dtype=torch.float64, seed=0, bias=True):

@@ -38,6 +38,27 @@ def test_an_empty_sequence_is_refused_by_the_batch_norm_lstm_too():
         BatchNormLSTM(3, 4, max_length=5)(torch.zeros(0, 2, 3))
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_an_empty_batch_leaves_the_batch_norm_population_untouched(impl, batch_first):
+    """An empty batch has no statistics: its NaN mean once went into every timestep's population, and
+    every later evaluation gave NaN."""
+    torch.manual_seed(0)
+    layer = BatchNormLSTM(3, 4, num_layers=2, max_length=5, batch_first=batch_first, impl=impl)
+    layer(torch.randn(2, 3, 3) if batch_first else torch.randn(3, 2, 3))  # some population to keep
+    before = {name: buffer.clone() for name, buffer in layer.named_buffers()}
+    empty = torch.zeros(0, 3, 3) if batch_first else torch.zeros(3, 0, 3)
+    for mode in (layer.train, layer.eval):
+        mode()
+        output, (h_n, c_n) = layer(empty)
+        assert output.shape == ((0, 3, 4) if batch_first else (3, 0, 4))
+        assert h_n.shape == c_n.shape == (2, 0, 4)
+    for name, buffer in layer.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    layer.eval()
+    assert torch.isfinite(layer(torch.randn(3, 2, 3).transpose(0, 1) if batch_first else torch.randn(3, 2, 3))[0]).all()
+
+
 @pytest.mark.parametrize("value", [True, False, "0.5", None, torch.tensor(0.5)], ids=repr)
 @pytest.mark.parametrize("make", [
     lambda p: ZoneoutLSTM(3, 4, zoneout_hidden=p), lambda p: ZoneoutLSTM(3, 4, zoneout_cell=p),

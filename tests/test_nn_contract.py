@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from zoneout import ZoneoutGRU, ZoneoutGRUCell, ZoneoutLSTM, ZoneoutLSTMCell
-from zoneout.nn.fused import cpu_ext
+from zoneout.nn.csrc import cpu_ext
 from zoneout.nn.rnn import RNN
 
 F64 = torch.float64

@@ -43,7 +43,7 @@ def test_the_wheel_ships_the_configs_and_its_zoneout_train_composes_a_config(tmp
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"zoneout/configs/{path.relative_to(ROOT / 'configs')}" for path in (ROOT / "configs").rglob("*.yaml")}
     assert "zoneout/configs/config.yaml" in configs and configs <= names, sorted(configs - names)[:5]
-    assert {"zoneout/nn/fused/cpu_build.py", "zoneout/nn/fused/cpu_kernels.cpp", "zoneout/nn/fused/cpu_common.h"} <= names
+    assert {"zoneout/nn/csrc/cpu_build.py", "zoneout/nn/csrc/cpu_kernels.cpp", "zoneout/nn/csrc/cpu_common.h"} <= names
 
     venv = tmp_path / "venv"  # its dependencies come from this interpreter's site-packages, its zoneout from the wheel
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from zoneout import LSTM, ZoneoutLSTM
-from zoneout.nn import reference
 from zoneout.nn.noise import RecurrentNoise
+from zoneout.nn.reference import lstm as reference
 from zoneout.regularizers import Zoneout
 
 F64 = torch.float64

@@ -10,6 +10,9 @@ from pathlib import Path
 import torch
 
 from zoneout.config_dir import config_dir
+from zoneout.models.build import CELLS
+from zoneout.models.init import INIT_SCHEMES
+from zoneout.nn.dispatch import IMPLS
 
 CONFIG_DIR = config_dir()
 GROUPS = ("dataset", "model", "regularizer", "optim", "logger", "experiment", "scale")
@@ -64,10 +67,6 @@ def _one_of(name, value, allowed):
 
 
 def check_config(cfg) -> None:
-    from zoneout.models.build import CELLS
-    from zoneout.models.init import INIT_SCHEMES
-    from zoneout.nn.lstm import IMPLS
-
     d, m, r, o, t = cfg.dataset, cfg.model, cfg.regularizer, cfg.optim, cfg.trainer
     _one_of("dataset.name", d.name, group_choices("dataset"))
     if cfg.scale_name != "paper" and cfg.scale_name not in d:  # the scale's sizes live in the dataset config

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoneout.config_check import ConfigError
 from zoneout.data import batching, mnist
+from zoneout.data.text import load_corpus
 
 
 @dataclass
@@ -59,8 +61,6 @@ class LanguageModelingTask:
 
     def _check_sizes(self) -> None:
         """A batch or sequence so large that an epoch is one or two steps (or none): refused, never trained."""
-        from zoneout.config_check import ConfigError
-
         stream, length, batch = len(self.train_stream), self.seq_len, self.batch_size
         if self.loader == "stream":
             windows = (stream // batch - 1) // length
@@ -131,7 +131,6 @@ def build_task(cfg, device):
         images = mnist.load_pmnist(data_cfg.data_dir, data_cfg.mirror)
         permutation = mnist.pixel_permutation(data_cfg.permutation, data_cfg.permutation_seed)
         return PixelClassificationTask(images, permutation, data_cfg, device), None, 10, 784
-    from zoneout.data.text import load_corpus
     corpus = load_corpus(data_cfg.name, data_cfg.data_dir, data_cfg.mirror)
     task = LanguageModelingTask(corpus, data_cfg, device)
     return task, corpus.vocab_size, corpus.vocab_size, data_cfg.seq_len

@@ -28,6 +28,7 @@ from zoneout.atomic import atomic_write_text
 from zoneout.config_check import ConfigError, check_command_line, check_config, check_group_overrides, fail
 from zoneout.config_dir import config_dir
 from zoneout.cpuinfo import cpu_model
+from zoneout.data import DataError
 from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
 from zoneout.nn.bn_lstm import recalibrate_population
@@ -475,8 +476,6 @@ def hydra_entry(cfg: DictConfig) -> None:
               "trainer.resume=true", file=sys.stderr, flush=True)
         sys.exit(128 + error.signum)
     except Exception as error:  # data errors and the like: one line, not a traceback
-        from zoneout.data import DataError
-
         if isinstance(error, DataError):
             job_failed(run_dir, str(error), 2, multirun)
         lines = str(error).strip().splitlines()

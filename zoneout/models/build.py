@@ -5,6 +5,10 @@ from __future__ import annotations
 from zoneout.models.classifier import SequenceClassifier
 from zoneout.models.init import initialize
 from zoneout.models.language_model import LanguageModel
+from zoneout.nn.bn_lstm import BatchNormLSTM
+from zoneout.nn.gru import GRU
+from zoneout.nn.lstm import LSTM
+from zoneout.nn.rnn import RNN
 from zoneout.regularizers import RecurrentDropout, SequenceDropout, StochasticDepth, Zoneout
 
 CELLS = ("lstm", "gru", "rnn", "bn_lstm")
@@ -36,16 +40,12 @@ def recurrent_regularizers(reg, cell: str, layer: int) -> list:
 
 def make_layer(cell: str, input_size: int, hidden_size: int, sources: list, model_cfg, max_length: int):
     if cell == "lstm":
-        from zoneout.nn.lstm import LSTM
         return LSTM(input_size, hidden_size, recurrent_regularizers=sources, impl=model_cfg.impl)
     if cell == "gru":
-        from zoneout.nn.gru import GRU
         return GRU(input_size, hidden_size, recurrent_regularizers=sources, impl=model_cfg.impl)
     if cell == "rnn":
-        from zoneout.nn.rnn import RNN
         return RNN(input_size, hidden_size, nonlinearity=model_cfg.nonlinearity, recurrent_regularizers=sources,
                    impl=model_cfg.impl)
-    from zoneout.nn.bn_lstm import BatchNormLSTM
     return BatchNormLSTM(input_size, hidden_size, max_length=max_length, population_warmup=model_cfg.bn_population_warmup,
                          recurrent_regularizers=sources, impl=model_cfg.impl)
 

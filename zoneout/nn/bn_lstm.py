@@ -21,8 +21,8 @@ fast (quick-scale pMNIST: valid error 0.83 with the population vs 0.61 with batc
 100 steps); `recalibrate_population` re-estimates it from training batches with the current weights
 (0.62 there), which train.py does before every evaluation with trainer.bn_recalibration_batches.
 Weights and biases are named like nn.LSTM's (gate order i, f, g, o); gammas init 0.1, betas 0.
-`impl` picks how a layer runs: "reference" (`reference_bn_lstm_layer`, the readable loop and the test oracle)
-or "fused"/"auto" (zoneout/nn/fused/bn_function.py: the same computation as one autograd.Function with C++
+`impl` picks how a layer runs: "reference" (zoneout.nn.reference.bn_lstm_layer, the readable loop and the test oracle)
+or "fused"/"auto" (zoneout/nn/fused/bn_lstm_function.py: the same computation as one autograd.Function with C++
 CPU kernels, several times faster per training step; it runs the reference loop itself for what it does not
 support, and the reference runs whatever `impl` says while tracing, exporting or compiling).
 """
@@ -34,10 +34,9 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, keep_or_update, scale_update
+from zoneout.nn.dispatch import check_impl, layer_function
+from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource
 from zoneout.nn.sequences import RecurrentInputError, check_sequence_length
-
-IMPLS = ("auto", "reference", "fused")
 
 
 class StepwiseBatchNorm(nn.Module):
@@ -62,7 +61,8 @@ class StepwiseBatchNorm(nn.Module):
         """input (S, B, F) holding timesteps start .. start + S - 1."""
         if self.training:
             mean, var = self.batch_statistics(input)
-            self.update_population(mean.detach(), var.detach(), start)
+            if input.shape[-2]:  # an empty batch has no statistics (its mean is NaN): the population stays
+                self.update_population(mean.detach(), var.detach(), start)
         else:
             mean, var = self.population(start, input.shape[0])
         return self.normalize(input, mean, var)
@@ -142,45 +142,6 @@ def recalibrate_population(model: nn.Module, run_batch: Callable[[object], objec
     return count
 
 
-def reference_bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
-                            bias_ih: Tensor, bias_hh: Tensor, bn_ih: StepwiseBatchNorm, bn_hh: StepwiseBatchNorm,
-                            bn_c: StepwiseBatchNorm, noise: RecurrentNoise) -> tuple[Tensor, Tensor, Tensor]:
-    """One BN-LSTM layer: input (T, B, I), h0/c0 (B, H) -> output (T, B, H), h_T, c_T. The reference loop."""
-    steps = input.shape[0]
-    gates_x = bn_ih(input @ weight_ih.t(), start=0) + (bias_ih + bias_hh)  # per-timestep stats, all at once
-    gates_x = gates_x.unbind(0)  # per-step views: indexing would make backward O(T^2)
-    # bn_hh and bn_c see one timestep per call: read the population once for all steps in eval; in
-    # training collect the batch statistics and fold them into the population once, after the loop.
-    training = bn_hh.training
-    statistics = {bn_hh: ([], []), bn_c: ([], [])} if training else {
-        bn: [rows.unbind(0) for rows in bn.population(0, steps)] for bn in (bn_hh, bn_c)}
-
-    def norm(bn: StepwiseBatchNorm, value: Tensor, t: int) -> Tensor:
-        if training:
-            mean, var = bn.batch_statistics(value)
-            statistics[bn][0].append(mean.detach())
-            statistics[bn][1].append(var.detach())
-        else:
-            mean, var = statistics[bn][0][t], statistics[bn][1][t]
-        return bn.normalize(value, mean, var)
-
-    h, c, outputs = h0, c0, []
-    for t in range(steps):
-        noise_t = noise.at(t)
-        gates = gates_x[t] + norm(bn_hh, h @ weight_hh.t(), t)
-        i, f, g, o = gates.chunk(4, dim=-1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c_candidate = f * c + scale_update(noise_t.update_keep, i * g)
-        h_candidate = o * torch.tanh(norm(bn_c, c_candidate, t))
-        c = keep_or_update(noise_t.keep_cell, c, c_candidate)
-        h = keep_or_update(noise_t.keep_hidden, h, h_candidate)
-        outputs.append(h)
-    if training:
-        for bn, (means, variances) in statistics.items():
-            bn.update_population(torch.stack(means), torch.stack(variances), start=0)
-    return torch.stack(outputs), h, c
-
-
 class BatchNormLSTM(nn.Module):
     """Multi-layer recurrent-BN LSTM; noise from `recurrent_regularizers` (zoneout, recurrent dropout,
     stochastic depth), one draw per layer and forward pass. `max_length`: the longest training sequence
@@ -191,9 +152,7 @@ class BatchNormLSTM(nn.Module):
                  population_warmup: bool = True, recurrent_regularizers: Sequence[RecurrentNoiseSource] = (),
                  impl: str = "auto"):
         super().__init__()
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        self.impl = impl
+        self.impl = check_impl(impl)
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
                             ("max_length", max_length)):
             if int(value) != value or value <= 0:
@@ -249,14 +208,8 @@ class BatchNormLSTM(nn.Module):
                              get("bn_ih"), get("bn_hh"), get("bn_c"), noise)
 
     def layer_function(self) -> Callable:
-        """The layer function `impl` selects (the reference while tracing, exporting or compiling)."""
-        from zoneout.nn.lstm import _capturing
-
-        if getattr(self, "impl", "auto") == "reference" or _capturing():  # (a model pickled before impl existed)
-            return reference_bn_lstm_layer
-        from zoneout.nn.fused.bn_function import bn_lstm_layer
-
-        return bn_lstm_layer
+        """The layer function `impl` selects (dispatch.py)."""
+        return layer_function("bn_lstm", getattr(self, "impl", "auto"))  # (a model pickled before impl existed)
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -275,6 +228,9 @@ class BatchNormLSTM(nn.Module):
         if tuple(hx[0].shape) != expected or tuple(hx[1].shape) != expected:
             raise RecurrentInputError(f"hx must be two tensors of shape {expected}, got "
                              f"{tuple(hx[0].shape)} and {tuple(hx[1].shape)}")
+        if batch == 0:  # no statistics in an empty batch: empty outputs, population untouched, no gradient
+            output = input.new_zeros(seq_len, 0, self.hidden_size)
+            return (output.transpose(0, 1) if self.batch_first else output), (hx[0].clone(), hx[1].clone())
         h_n, c_n, layer_input = [], [], input
         for layer in range(self.num_layers):
             noise = self.layer_noise(layer, seq_len, batch, input.device)

@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from zoneout.nn.gru import gru_cell_step
-from zoneout.nn.lstm import IMPLS, _resolve_impl
+from zoneout.nn.dispatch import check_impl, layer_function
 from zoneout.nn.noise import RecurrentNoise
+from zoneout.nn.reference import gru_cell_step
 from zoneout.nn.rnn_base import CellSurface, check_bools, check_sizes
 from zoneout.nn.sequences import RecurrentInputError, check_state_dtype, compute_dtype
 from zoneout.nn.zoneout_noise import Zoneout
@@ -27,7 +27,7 @@ def zoneout_lstm_cell(input: Tensor, h: Tensor, c: Tensor, weight_ih: Tensor, we
                       bias_ih: Optional[Tensor], bias_hh: Optional[Tensor], noise: RecurrentNoise,
                       impl: str = "auto") -> tuple[Tensor, Tensor]:
     """One zoneout LSTM step: input (B, I), h/c (B, H); noise fields None, floats or (1, B, H) bool masks."""
-    _, h, c = _resolve_impl(impl)(input.unsqueeze(0), h, c, weight_ih, weight_hh, bias_ih, bias_hh, noise)
+    _, h, c = layer_function("lstm", impl)(input.unsqueeze(0), h, c, weight_ih, weight_hh, bias_ih, bias_hh, noise)
     return h, c
 
 
@@ -107,8 +107,7 @@ class ZoneoutLSTMCell(_ZoneoutCell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, zoneout_cell: float = 0.0,
                  zoneout_hidden: float = 0.0, device=None, dtype=None, *, impl: str = "auto"):
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        check_impl(impl)
         super().__init__(input_size, hidden_size, bias, zoneout_cell, zoneout_hidden, device, dtype)
         self.zoneout_cell, self.zoneout_hidden, self.impl = self.zoneout.cell, self.zoneout.hidden, impl
 

@@ -4,7 +4,7 @@ Why not `torch.rand(shape) < p`: PyTorch's CPU uniform sampler is serial (one th
 per element before the comparison. At a char-PTB step of T=100, B=128, H=1000 the two zoneout masks cost
 ~5 % of the fused training step on one thread and more on two (results/bench_cpu_amd.md, "mask
 sampling"). A counter-based generator computes any element from (key, index) alone, so the C++ sampler
-(zoneout/nn/fused/cpu_masks.cpp) splits the work over threads, vectorizes, and writes the bool mask
+(zoneout/nn/csrc/cpu_masks.cpp) splits the work over threads, vectorizes, and writes the bool mask
 directly; its result does not depend on the thread count.
 
 The definition (the C++ sampler and `sample_torch`, its PyTorch-op twin, agree bit for bit):
@@ -22,6 +22,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from zoneout.nn.csrc import cpu_ext
 
 GAMMA = 0x9E3779B97F4A7C15
 _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -41,8 +43,6 @@ def draw_key(generator: Optional[torch.Generator] = None) -> int:
 def bernoulli_mask(shape: Sequence[int], probability: float, key: int) -> Tensor:
     """Bool CPU mask of `shape`, True with `probability`: the C++ sampler when the fused CPU module is
     available (it is built on first use), else its PyTorch-op twin -- the same bits either way."""
-    from zoneout.nn.fused import cpu_ext  # imported here: zoneout.nn.fused imports this package
-
     module = cpu_ext.load()
     if module is not None:
         return module.bernoulli_mask(list(shape), float(probability), int(key))

@@ -4,64 +4,30 @@ Parameters are named and shaped exactly like nn.LSTM's (weight_ih_l0, weight_hh_
 bias_hh_l0, ..., weight_ih_l0_reverse, ... when bidirectional; gate order i, f, g, o), so
 `load_state_dict(nn_lstm.state_dict())` works. Padded or PackedSequence input, bidirectional,
 multi-layer: stack.py / directions.py. `impl` picks how each layer's recurrence runs: "reference"
-(the readable loop, the test oracle), "fused" (fast kernels) or "auto" (fused where
-registered and supported, else reference). While tracing, exporting or compiling the reference loop
-runs whatever `impl` says: it is made of plain torch ops, which those tools can record.
+(the readable loop of zoneout.nn.reference, the test oracle), "fused" (fast kernels) or "auto"
+(dispatch.py).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from zoneout.nn import reference
+from zoneout.nn.dispatch import check_impl, layer_function
 from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability
-from zoneout.nn.noise import capturing as _capturing
 from zoneout.nn.rnn_base import LayerSurface, check_layer_arguments
 from zoneout.nn.sequences import RecurrentInputError, compute_dtype, finish_output, finish_state, initial_state, prepare_input
 from zoneout.nn.stack import run_layers
 from zoneout.nn.zoneout_noise import Zoneout
-
-# name -> layer function with reference.lstm_layer's signature. Fast implementations register here.
-LAYER_IMPLEMENTATIONS: dict[str, Callable] = {"reference": reference.lstm_layer}
-IMPLS = ("auto", "reference", "fused")
-
-
-def register_layer_impl(name: str, layer_fn: Callable) -> None:
-    LAYER_IMPLEMENTATIONS[name] = layer_fn
 
 
 def to_time_major(input: Tensor, input_size: int, batch_first: bool) -> tuple[Tensor, bool]:
     """nn.RNN-style input -> (T, B, I), and whether it came unbatched as (T, I)."""
     prepared = prepare_input(input, input_size, batch_first)
     return prepared.x, prepared.unbatched
-
-
-def _resolve_impl(impl: str) -> Callable:
-    if _capturing():
-        return LAYER_IMPLEMENTATIONS["reference"]
-    if impl == "auto":
-        _try_load_fused()
-        return LAYER_IMPLEMENTATIONS.get("fused", LAYER_IMPLEMENTATIONS["reference"])
-    if impl == "fused":
-        _try_load_fused()
-        if "fused" not in LAYER_IMPLEMENTATIONS:
-            raise ValueError("impl='fused' is not available in this installation; use impl='reference' or 'auto'")
-    return LAYER_IMPLEMENTATIONS[impl]
-
-
-def _try_load_fused() -> None:
-    """Register the fused layer on first use (zoneout.nn.fused imports torch extensions and Triton
-    lazily; it does not import this module, so there is no import circle)."""
-    if "fused" not in LAYER_IMPLEMENTATIONS:
-        try:
-            from zoneout.nn.fused import lstm_layer
-        except ImportError:
-            return
-        register_layer_impl("fused", lstm_layer)
 
 
 class LSTM(LayerSurface, nn.Module):
@@ -82,8 +48,7 @@ class LSTM(LayerSurface, nn.Module):
         if proj_size:
             raise ValueError(f"proj_size={proj_size} is not supported by {type(self).__name__} (LSTM with "
                              f"projections is not implemented); use proj_size=0, or nn.LSTM without zoneout")
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        check_impl(impl)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bool(bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
@@ -135,7 +100,7 @@ class LSTM(LayerSurface, nn.Module):
             raise RecurrentInputError("hx must be a tuple (h_0, c_0)")
         states = tuple(initial_state(None if hx is None else hx[k], name, prepared, rows, self.hidden_size, dtype)
                        for k, name in enumerate(("h_0", "c_0")))
-        layer_fn = _resolve_impl(self.impl)
+        layer_fn = layer_function("lstm", self.impl)
 
         def layer_for(layer: int, direction: int):
             weights = self.layer_weights(layer, direction)

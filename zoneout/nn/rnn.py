@@ -10,56 +10,25 @@ The paper calls the model "tanh-RNN"; the original char-PTB code builds it with 
 §1.1, §6.14), hence `nonlinearity`. Noise comes from `recurrent_regularizers` (one `noise(...)` call
 per layer and forward pass); only keep_hidden noise has a meaning without a cell.
 
-`impl` (as ZoneoutLSTM's): "reference" runs the loops below, "fused" the fused CPU kernels
-(zoneout.nn.fused.hidden; they run the loops themselves for what they do not handle), "auto"
-the fused ones where installed. While tracing, exporting or compiling the loops run whatever `impl` says.
+`impl` (as ZoneoutLSTM's, dispatch.py): "reference" runs the loops of zoneout.nn.reference, "fused" the
+fused CPU kernels (zoneout.nn.fused.gru_rnn_function; they run the loops themselves for what they do not handle).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from zoneout.nn.lstm import IMPLS, _capturing
-from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability, keep_or_update
+from zoneout.nn.dispatch import check_impl, layer_function
+from zoneout.nn.noise import RecurrentNoise, RecurrentNoiseSource, check_probability
+from zoneout.nn.reference import NONLINEARITIES
 from zoneout.nn.rnn_base import LayerSurface, check_layer_arguments, refuse_proj_size
 from zoneout.nn.sequences import compute_dtype, finish_output, finish_state, initial_state, prepare_input
 from zoneout.nn.stack import run_layers
 from zoneout.nn.zoneout_noise import Zoneout
-
-NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
-
-
-def rnn_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Optional[Tensor],
-              bias_hh: Optional[Tensor], noise: RecurrentNoise, nonlinearity: str = "tanh") -> tuple[Tensor, Tensor]:
-    """One simple-RNN layer over a sequence: input (T, B, I), h0 (B, H) -> output (T, B, H), h_T."""
-    activation = NONLINEARITIES[nonlinearity]
-    pre_x = input @ weight_ih.t()  # one GEMM for the input projection of all timesteps
-    if bias_ih is not None:
-        pre_x = pre_x + (bias_ih + bias_hh)
-    h, outputs = h0, []
-    pre_x = pre_x.unbind(0)  # per-step views: indexing would make backward O(T^2)
-    for t in range(input.shape[0]):
-        h_candidate = activation(pre_x[t] + h @ weight_hh.t())
-        h = keep_or_update(noise.at(t).keep_hidden, h, h_candidate)
-        outputs.append(h)
-    return torch.stack(outputs), h
-
-
-def resolve_layer(impl: str, name: str, reference_layer: Callable) -> Callable:
-    """The layer function `impl` picks: `reference_layer` or zoneout.nn.fused's `name` (gru_layer, rnn_layer)."""
-    if _capturing() or impl == "reference":
-        return reference_layer
-    try:
-        from zoneout.nn import fused
-    except ImportError:
-        if impl == "fused":
-            raise ValueError("impl='fused' is not available in this installation; use impl='reference' or 'auto'") from None
-        return reference_layer
-    return getattr(fused, name)
 
 
 class HiddenStateRecurrence(LayerSurface, nn.Module):
@@ -74,9 +43,7 @@ class HiddenStateRecurrence(LayerSurface, nn.Module):
                  bidirectional: bool = False, impl: str = "auto", device=None, dtype=None, proj_size=None):
         super().__init__()
         refuse_proj_size(proj_size)
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        self.impl = impl
+        self.impl = check_impl(impl)
         self.dropout = check_probability("dropout", dropout)
         check_layer_arguments(input_size, hidden_size, num_layers, bias, batch_first, self.dropout)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -181,7 +148,7 @@ class RNN(HiddenStateRecurrence):
         return "RNN_RELU" if self.nonlinearity == "relu" else "RNN_TANH"
 
     def layer_forward(self, layer, input, h0, noise, direction=0):
-        layer_fn = resolve_layer(self.impl, "rnn_layer", rnn_layer)
+        layer_fn = layer_function("rnn", self.impl)
         return layer_fn(input, h0, *self.layer_weights(layer, direction), noise, self.nonlinearity)
 
     def extra_repr(self) -> str:

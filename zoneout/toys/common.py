@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from zoneout.atomic import atomic_write_bytes, atomic_write_text
+from zoneout.train import describe_device, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -54,8 +55,6 @@ def check_common(args, spec: dict) -> list[dict]:
 
 
 def run_metadata(args) -> dict:
-    from zoneout.train import describe_device, git_commit
-
     return {"device": describe_device(torch.device("cpu")), "commit": git_commit(), "torch": torch.__version__,
             "seeds": list(args.seeds), "scale": args.scale}
 

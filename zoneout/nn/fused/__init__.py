@@ -1,14 +1,14 @@
 """Fast fused zoneout LSTM layer: ZoneoutLSTM(impl="fused") registers `lstm_layer` on first use.
 
 `lstm_layer` has exactly zoneout.nn.reference.lstm_layer's signature and semantics. It runs one
-autograd.Function (function.py) whose per-step work is one recurrent GEMM plus one fused
+autograd.Function (lstm_function.py) whose per-step work is one recurrent GEMM plus one fused
 pointwise pass, with kernels picked by device:
   CPU  -> C++ kernels (cpu_kernels.cpp, built once and cached), else the PyTorch-op kernels;
   CUDA -> Triton pointwise kernels with cuBLAS GEMMs (triton_backend.py), else the PyTorch-op kernels.
 What the kernels do not handle falls back to the reference loop: float-tensor masks, dtypes other
 than float32/float64, an empty sequence or batch, or devices other than CPU/CUDA.
 
-`gru_layer` / `rnn_layer` (hidden.py) are the same for zoneout.nn.gru / rnn's layers, on the
+`gru_layer` / `rnn_layer` (gru_rnn_function.py) are the same for zoneout.nn.gru / rnn's layers, on the
 CPU with the C++ kernels only (else their reference loops).
 """
 from __future__ import annotations
@@ -19,30 +19,16 @@ import torch
 from torch import Tensor
 
 from zoneout.nn import reference
-from zoneout.nn.fused import buffers, cpu_ext, cpu_gemm, torch_kernels
-from zoneout.nn.fused.function import FusedLSTMFunction, run_inference, uses_onednn
-from zoneout.nn.fused.hidden import gru_layer, rnn_layer
+from zoneout.nn.csrc import cpu_ext
+from zoneout.nn.fused import buffers, cpu_gemm, torch_kernels
+from zoneout.nn.fused.gru_rnn_function import gru_layer, rnn_layer
+from zoneout.nn.fused.lstm_function import FusedLSTMFunction, run_inference, uses_onednn
 from zoneout.nn.fused.masks import CompactNoise, UnsupportedMask, compact_noise
+from zoneout.nn.fused.settings import options
 from zoneout.nn.noise import RecurrentNoise
 
 __all__ = ["lstm_layer", "gru_layer", "rnn_layer", "kernels_for", "options", "release_workspaces"]
 
-# Switches for benchmarks and GPU tuning; the defaults are what `lstm_layer` uses.
-#   cpu_kernels: "auto" (C++ if it builds, else "torch"), "cpp" (error if it cannot build) or "torch".
-#                (TorchScript / torch.compile kernels were measured and removed: results/bench_cpu_options_amd.md.)
-#                GRU / RNN layers run C++ under "auto" / "cpp" and their reference loops under "torch".
-#   cpu_gemm:    which library runs the C++ LSTM kernels' float32 GEMMs (cpu_gemm.py): "mkl", "onednn" (all
-#                of the layer's GEMMs) or "auto" (cpu_gemm.default_cpu_gemm(H): per CPU vendor and width, as
-#                measured). float64, the other kernel choices and the GRU / RNN layers stay on MKL.
-#   gpu_kernels: "auto" (Triton if importable, else "torch"), "triton" or "torch".
-#   cuda_graphs: capture each step loop in a CUDA graph (Triton path; see cuda_graphs.py). Off until
-#                scripts/bench.py --device cuda shows the eager path launch-bound on a GPU.
-#   gemm_dtype:  None (the input's dtype) or torch.bfloat16 for the recurrent GEMM on CUDA: bf16 operands,
-#                fp32 accumulate and output (an error where cuBLAS has no such GEMM); cell state stays fp32.
-#   reuse_buffers: on the CPU the input projection and the C++ kernels' forward results (output, saved tensors)
-#                go into pooled blocks (buffers.py) rather than fresh ones (backward workspaces are pooled always).
-options = {"cpu_kernels": "auto", "cpu_gemm": "auto", "gpu_kernels": "auto", "cuda_graphs": False,
-           "gemm_dtype": None, "reuse_buffers": True}
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _CPU_CHOICES = ("auto", "cpp", "torch")
 _triton: dict = {}
@@ -50,7 +36,7 @@ _cpp: dict = {}
 
 
 class _CppKernels:
-    """Adapts the compiled module to the kernels interface of function.py, with `gemm` ("mkl" or
+    """Adapts the compiled module to the kernels interface of lstm_function.py, with `gemm` ("mkl" or
     "onednn"; function.uses_onednn says where it applies). The forward's output, cells and tanh(c~) and
     the backward's dgates (T,B,4H) come from the per-thread buffer pool (buffers.py): a fresh buffer of
     that size costs its first-touch page faults on every call (~0.1 s per step at T=100, B=128, H=1000)."""

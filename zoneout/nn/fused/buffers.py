@@ -22,6 +22,8 @@ import threading
 import torch
 from torch import Tensor
 
+from zoneout.nn.fused.settings import options
+
 __all__ = ["take", "enabled", "results", "release", "held_bytes"]
 
 _MAX_BLOCKS = 64  # beyond this many blocks in use at once, take() hands out plain tensors
@@ -67,8 +69,6 @@ def _on(block: Tensor, shape: tuple[int, ...]) -> Tensor:
 def enabled(like: Tensor) -> bool:
     """Whether a fused layer on `like`'s device takes its large tensors from the pool: on the CPU, where
     fused.options["reuse_buffers"]."""
-    from zoneout.nn.fused import options  # the package imports this module: imported late
-
     return like.device.type == "cpu" and options["reuse_buffers"]
 
 

@@ -18,18 +18,14 @@ from zoneout.cpuinfo import cpu_vendor
 from zoneout.nn.fused import buffers
 
 CHOICES = ("auto", "mkl", "onednn")
-# CPU vendor -> the smallest hidden size from which "auto" picks oneDNN, as measured by scripts/bench.py
-# --cpu-options (rows cpp = MKL vs cpp+onednn; results/bench_cpu_options_amd.md). AMD EPYC, 1 and 2
-# threads: oneDNN ahead of MKL at every LM shape (H 256 and 1000, B 32 and 128: 0.85-1.16x of nn.LSTM vs
-# 0.70-1.02x), MKL ahead at pMNIST's H = 100 (1.28-1.29x vs 1.05-1.13x). A vendor missing here gets "mkl".
+# CPU vendor -> the smallest hidden size from which "auto" picks oneDNN: where scripts/bench.py --cpu-options
+# found oneDNN ahead of MKL (results/bench_cpu_options_amd.md). A vendor missing here gets "mkl".
 _ONEDNN_FROM_HIDDEN: dict[str, int] = {"amd": 256}
 
 
 # The input width from which a oneDNN layer's input projection (T*B rows -> 4H) runs through oneDNN (whose
-# GEMM allocates a fresh result) rather than MKL's addmm into a pooled block (buffers.py). Measured on the AMD
-# EPYC (12,800 rows -> 4,000, idle, 1 / 2 threads; oneDNN-fresh time / MKL-pooled time): I = 50 2.77 / 2.18x,
-# 128 1.08 / 1.52x, 256 1.14 / 1.17x, 512 1.06 / 0.93x, 1000 0.79 / 0.83x (the fresh result's page faults
-# outweigh MKL's slower GEMM on AMD while the GEMM is narrow).
+# GEMM allocates a fresh result) rather than MKL's addmm into a pooled block (buffers.py): below it the fresh
+# result's page faults cost more than oneDNN gains (results/bench_cpu_options_amd.md, "Input projection").
 _ONEDNN_PROJECTS_FROM_INPUT = 512
 
 

@@ -1,4 +1,4 @@
-"""GPU kernels for function.py: per step one cuBLAS GEMM (torch.addmm/mm) and one Triton launch.
+"""GPU kernels for lstm_function.py: per step one cuBLAS GEMM (torch.addmm/mm) and one Triton launch.
 
 Options: `gemm_dtype=torch.bfloat16` runs the recurrent GEMMs on bf16 copies of h, W_hh and dgates
 (the kernels write those copies as a by-product; gates, cells, states and all accumulations stay
@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from zoneout.nn.fused.cuda_graphs import GraphRunner
 from zoneout.nn.fused.masks import BOOL, CompactNoise, device_values
 from zoneout.nn.fused.triton_kernels import backward_step_kernel, block_size, forward_step_kernel
 
@@ -114,8 +115,6 @@ class TritonKernels:
     def graph_runner(self):
         """The cache of captured graphs (its max_bytes / max_entries can be set)."""
         if self._graphs is None:
-            from zoneout.nn.fused.cuda_graphs import GraphRunner
-
             self._graphs = GraphRunner() if self._capture is None else GraphRunner(capture=self._capture)
         return self._graphs
 

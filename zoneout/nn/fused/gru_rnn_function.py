@@ -1,7 +1,7 @@
 """Fused CPU GRU and simple-RNN layers with zoneout on h: GRU / RNN(impl="auto") use them.
 
 `gru_layer` and `rnn_layer` have the signatures and semantics of the reference loops
-zoneout.nn.gru.gru_layer and zoneout.nn.rnn.rnn_layer; only the keep_hidden noise field is read
+zoneout.nn.reference.gru_layer and rnn_layer; only the keep_hidden noise field is read
 (the modules reject the others). As the fused LSTM (function.py): one GEMM projects the input of all
 timesteps, the C++ kernels (cpu_hidden_kernels.cpp) run the recurrence (per step one recurrent GEMM
 and one fused pointwise pass) and, backward, walk time in reverse (one pointwise pass and one GEMM
@@ -19,11 +19,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from zoneout.nn import gru as gru_reference
-from zoneout.nn import rnn as rnn_reference
-from zoneout.nn.fused import buffers, cpu_ext
-from zoneout.nn.fused.function import _no_autocast, column_sums, first_order_only, input_projection, project, recurrent_weight_grad
+from zoneout.nn import reference
+from zoneout.nn.csrc import cpu_ext
+from zoneout.nn.fused import buffers
+from zoneout.nn.fused.lstm_function import _no_autocast, column_sums, first_order_only, input_projection, project, recurrent_weight_grad
 from zoneout.nn.fused.masks import CompactMask, UnsupportedMask, compact_mask
+from zoneout.nn.fused.settings import options
 from zoneout.nn.noise import RecurrentNoise
 
 __all__ = ["gru_layer", "rnn_layer"]
@@ -33,8 +34,6 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 def _module():
     """The compiled module, or None where the reference loop should run (fused.options decides)."""
-    from zoneout.nn.fused import options  # options live in the package; imported late (no import circle)
-
     choice = options["cpu_kernels"]
     if choice not in ("auto", "cpp"):
         return None
@@ -74,7 +73,7 @@ def gru_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
     """One GRU layer: input (T, B, I), h0 (B, H) -> output (T, B, H), h_T."""
     fit = _kernel_inputs(3, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, noise)
     if fit is None:
-        return gru_reference.gru_layer(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, noise)
+        return reference.gru_layer(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, noise)
     module, keep = fit
     args = (input.contiguous(), h0.contiguous(), weight_ih.contiguous(), weight_hh.contiguous(),
             bias_ih, None if bias_hh is None else bias_hh.contiguous(), keep, module)
@@ -94,7 +93,7 @@ def rnn_layer(input: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
     if nonlinearity in ("tanh", "relu"):
         fit = _kernel_inputs(1, input, h0, weight_ih, weight_hh, bias_ih, bias_hh, noise)
     if fit is None:
-        return rnn_reference.rnn_layer(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, noise, nonlinearity)
+        return reference.rnn_layer(input, h0, weight_ih, weight_hh, bias_ih, bias_hh, noise, nonlinearity)
     module, keep = fit
     relu = nonlinearity == "relu"
     args = (input.contiguous(), h0.contiguous(), weight_ih.contiguous(), weight_hh.contiguous(), bias_ih, bias_hh,

@@ -1,4 +1,4 @@
-"""Fast recurrent-BN LSTM layer: zoneout.nn.bn_lstm.reference_bn_lstm_layer's semantics in the
+"""Fast recurrent-BN LSTM layer: zoneout.nn.reference.bn_lstm_layer's semantics in the
 fused LSTM's shape. BatchNormLSTM(impl="auto" or "fused") runs it.
 
 `bn_lstm_layer` has the reference's signature; the layer is one autograd.Function. The input side,
@@ -25,15 +25,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoneout.nn.fused import bn_torch_kernels, buffers, cpu_ext
-from zoneout.nn.fused.function import first_order_only
+from zoneout.nn import reference
+from zoneout.nn.csrc import cpu_ext
+from zoneout.nn.fused import bn_torch_kernels, buffers
+from zoneout.nn.fused.lstm_function import first_order_only
 from zoneout.nn.fused.masks import CompactNoise, UnsupportedMask, compact_noise
+from zoneout.nn.fused.settings import options
 from zoneout.nn.noise import RecurrentNoise
 
 __all__ = ["bn_lstm_layer", "kernels_for", "options", "supported"]
 
-# cpu_kernels: "auto" (C++ if it builds, else "torch"), "cpp" (error if it cannot build) or "torch".
-options = {"cpu_kernels": "auto"}
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _cpp: dict = {}
 
@@ -167,16 +168,14 @@ def supported(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_h
 def bn_lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
                   bias_hh: Tensor, bn_ih, bn_hh, bn_c, noise: RecurrentNoise) -> tuple[Tensor, Tensor, Tensor]:
     """One BN-LSTM layer: input (T, B, I), h0/c0 (B, H) -> output (T, B, H), h_T, c_T."""
-    from zoneout.nn.bn_lstm import reference_bn_lstm_layer
-
     arguments = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, bn_ih, bn_hh, bn_c)
     if not supported(*arguments):
-        return reference_bn_lstm_layer(*arguments, noise)
+        return reference.bn_lstm_layer(*arguments, noise)
     steps, batch, hidden = input.shape[0], input.shape[1], weight_hh.shape[1]
     try:
         compact = compact_noise(noise, (steps, batch, hidden), input.device)
     except UnsupportedMask:
-        return reference_bn_lstm_layer(*arguments, noise)
+        return reference.bn_lstm_layer(*arguments, noise)
     kernels = kernels_for(input.device)
     norms, training = (bn_ih, bn_hh, bn_c), bn_hh.training
     if training:
