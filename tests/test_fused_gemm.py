@@ -13,8 +13,10 @@ from torch.profiler import ProfilerActivity, profile
 
 import zoneout.nn.fused as fused
 from zoneout.nn import reference
+from zoneout.nn.cells import ZoneoutLSTMCell
 from zoneout.nn.csrc import cpu_ext
 from zoneout.nn.fused import cpu_gemm
+from zoneout.nn.lstm import ZoneoutLSTM
 from zoneout.nn.noise import RecurrentNoise
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::mm_out", "mkl::_mkl_linear")
@@ -111,6 +113,15 @@ def test_auto_is_the_measured_vendor_and_width_rule(monkeypatch):
     monkeypatch.setattr(cpu_gemm, "cpu_vendor", lambda: "amd")  # measured: oneDNN from H = 256, MKL below
     assert (cpu_gemm.resolve("auto", 100), cpu_gemm.resolve("auto", 256), cpu_gemm.resolve("auto", 1000)) == (
         "mkl", "onednn", "onednn")
+    assert cpu_gemm.resolve("auto", 1000, steps=1) == "mkl"  # a cell call: oneDNN's set-up is not amortised
+    assert cpu_gemm.resolve("onednn", 1000, steps=1) == "onednn"  # asked for explicitly
+    monkeypatch.setattr(cpu_gemm, "cpu_vendor", lambda: "amd")
+    seen = []
+    real = fused.kernels_for
+    monkeypatch.setattr(fused, "kernels_for", lambda *args: seen.append(args[1:]) or real(*args))
+    ZoneoutLSTMCell(3, 256, zoneout_cell=0.5)(torch.randn(2, 3))
+    ZoneoutLSTM(3, 256, zoneout_cell=0.5)(torch.randn(4, 2, 3))
+    assert seen == [(256, 1), (256, 4)]
     monkeypatch.setattr(cpu_gemm, "cpu_vendor", lambda: "intel")  # not measured: MKL
     assert cpu_gemm.resolve("auto", 1000) == "mkl"
     assert cpu_gemm.resolve("mkl", 1000) == "mkl" and cpu_gemm.resolve("onednn", 100) == "onednn"

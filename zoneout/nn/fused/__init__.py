@@ -61,10 +61,11 @@ def release_workspaces() -> None:
     buffers.release()
 
 
-def kernels_for(device: torch.device, hidden_size: int = 0):
-    """The kernels object `lstm_layer` uses on `device` for `hidden_size` units under the current `options`."""
+def kernels_for(device: torch.device, hidden_size: int = 0, steps: int = 2):
+    """The kernels object `lstm_layer` uses on `device` for `hidden_size` units over `steps` timesteps under
+    the current `options`."""
     if device.type == "cpu":
-        choice, gemm = options["cpu_kernels"], cpu_gemm.resolve(options["cpu_gemm"], hidden_size)
+        choice, gemm = options["cpu_kernels"], cpu_gemm.resolve(options["cpu_gemm"], hidden_size, steps)
         if choice not in _CPU_CHOICES:
             raise ValueError(f"options['cpu_kernels'] must be one of {_CPU_CHOICES}, got {choice!r}")
         if choice != "torch":
@@ -121,7 +122,7 @@ def lstm_layer(input: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_
         compact = compact_noise(noise, (T, B, H), input.device)
     except UnsupportedMask:
         return reference.lstm_layer(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, noise)
-    kernels = kernels_for(input.device, H)
+    kernels = kernels_for(input.device, H, T)
     args = (input.contiguous(), h0.contiguous(), c0.contiguous(), weight_ih.contiguous(), weight_hh.contiguous(),
             bias_ih, bias_hh, compact)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):

@@ -34,20 +34,24 @@ def onednn_projects(input_size: int) -> bool:
     return input_size >= _ONEDNN_PROJECTS_FROM_INPUT
 
 
-def default_cpu_gemm(hidden_size: int) -> str:
-    """What "auto" means on this CPU for a layer of `hidden_size` units (measured per vendor, above)."""
+def default_cpu_gemm(hidden_size: int, steps: int = 2) -> str:
+    """What "auto" means on this CPU for a layer of `hidden_size` units (measured per vendor, above) run
+    over `steps` timesteps. One step (a cell call) takes MKL: oneDNN's per-call set-up, amortised over a
+    sequence, is not over one step (results/bench_tts_cpu_amd.md, small batches)."""
+    if steps <= 1:
+        return "mkl"
     threshold = _ONEDNN_FROM_HIDDEN.get(cpu_vendor())
     return "onednn" if threshold is not None and hidden_size >= threshold else "mkl"
 
 
-def resolve(choice: str, hidden_size: int) -> str:
-    """options["cpu_gemm"] as "mkl" or "onednn" for a layer of `hidden_size` units; a ValueError naming
-    the allowed values otherwise."""
+def resolve(choice: str, hidden_size: int, steps: int = 2) -> str:
+    """options["cpu_gemm"] as "mkl" or "onednn" for a layer of `hidden_size` units over `steps` timesteps;
+    a ValueError naming the allowed values otherwise."""
     if choice not in CHOICES:
         raise ValueError(f"options['cpu_gemm'] must be one of {CHOICES}, got {choice!r}")
     if choice == "onednn" and not torch.backends.mkldnn.is_available():
         raise RuntimeError("options['cpu_gemm'] = 'onednn' needs a torch built with oneDNN (torch.backends.mkldnn)")
-    return default_cpu_gemm(hidden_size) if choice == "auto" else choice
+    return default_cpu_gemm(hidden_size, steps) if choice == "auto" else choice
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
