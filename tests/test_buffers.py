@@ -17,10 +17,20 @@ needs_cpp = pytest.mark.skipif(cpu_ext.load() is None, reason=f"C++ kernels unav
 
 
 @pytest.fixture(autouse=True)
-def empty_pool():
+def empty_pool(monkeypatch):
+    """An empty pool that takes blocks of any size (the tests' tensors are small)."""
+    monkeypatch.setattr(buffers, "MIN_POOLED_BYTES", 0)
     buffers.release()
     yield
     buffers.release()
+
+
+def test_small_tensors_are_not_pooled(monkeypatch):
+    monkeypatch.setattr(buffers, "MIN_POOLED_BYTES", 1 << 20)
+    small = buffers.take((255, 1024), torch.float32)  # 1 KiB short of the threshold
+    assert buffers.held_bytes() == 0 and small.is_contiguous() and small.shape == (255, 1024)
+    buffers.take((256, 1024), torch.float32)
+    assert buffers.held_bytes() == 1 << 20
 
 
 def test_take_gives_a_contiguous_tensor_that_is_not_an_autograd_view():

@@ -27,6 +27,10 @@ from zoneout.nn.fused.settings import options
 __all__ = ["take", "enabled", "results", "release", "held_bytes"]
 
 _MAX_BLOCKS = 64  # beyond this many blocks in use at once, take() hands out plain tensors
+# Below this size take() hands out plain tensors: small blocks come from the allocator's heap without fresh
+# page faults, and finding a free block costs more than they save (a B=1 cell step ran at 0.37x of
+# nn.LSTMCell pooled, 0.50x not: results/bench_tts_cpu_amd.md).
+MIN_POOLED_BYTES = 1 << 20
 _local = threading.local()
 # torch's count of references to a storage (private; where a torch lacks it, nothing is pooled).
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -46,9 +50,9 @@ def _blocks() -> list[tuple[Tensor, int]]:
 def take(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """An uninitialized contiguous CPU tensor of `shape` and `dtype` on a pooled block no one else holds."""
     numel = math.prod(shape)
-    blocks = _blocks()
-    if _use_count is None or numel == 0:
+    if _use_count is None or numel == 0 or numel * dtype.itemsize < MIN_POOLED_BYTES:
         return torch.empty(shape, dtype=dtype)
+    blocks = _blocks()
     free = [k for k, (block, alone) in enumerate(blocks) if block.dtype == dtype and _holders(block) == alone]
     fits = [k for k in free if blocks[k][0].numel() >= numel]
     if fits:  # the smallest free block that fits
