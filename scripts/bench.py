@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 import zoneout.nn.fused as fused
-from zoneout.cpuinfo import cpu_model
+from zoneout.cpuinfo import cpu_description, cpu_model
 from zoneout.nn.csrc import cpu_ext
 from zoneout.nn.fused import cpu_gemm
 from zoneout.nn.gru import GRU
@@ -241,7 +241,7 @@ def describe(device):
     if device.type == "cuda":
         lines.append(f"- device: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
     else:
-        model = cpu_model() or platform.processor()
+        model = cpu_description() if cpu_model() else platform.processor()
         lines.append(f"- device: CPU {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
                      f"ISA {torch.backends.cpu.get_cpu_capability()}")
         lines.append(f"- fused CPU GEMMs: options['cpu_gemm'] = {fused.options['cpu_gemm']!r} "

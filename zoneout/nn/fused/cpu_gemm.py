@@ -21,6 +21,9 @@ CHOICES = ("auto", "mkl", "onednn")
 # CPU vendor -> the smallest hidden size from which "auto" picks oneDNN: where scripts/bench.py --cpu-options
 # found oneDNN ahead of MKL (results/bench_cpu_options_amd.md). A vendor missing here gets "mkl".
 _ONEDNN_FROM_HIDDEN: dict[str, int] = {"amd": 256}
+# The same for a one-step call (a cell): oneDNN's per-call set-up is not amortised over a sequence, so MKL
+# stays ahead at H = 256 and oneDNN only pays at H = 1024 (results/bench_tts_cpu_amd_avx2.md, "GEMM library").
+_ONEDNN_ONE_STEP_FROM_HIDDEN = 1024
 
 
 # The input width from which a oneDNN layer's input projection (T*B rows -> 4H) runs through oneDNN (whose
@@ -36,11 +39,10 @@ def onednn_projects(input_size: int) -> bool:
 
 def default_cpu_gemm(hidden_size: int, steps: int = 2) -> str:
     """What "auto" means on this CPU for a layer of `hidden_size` units (measured per vendor, above) run
-    over `steps` timesteps. One step (a cell call) takes MKL: oneDNN's per-call set-up, amortised over a
-    sequence, is not over one step (results/bench_tts_cpu_amd.md, small batches)."""
-    if steps <= 1:
-        return "mkl"
+    over `steps` timesteps (one step: a cell call, with its own width rule)."""
     threshold = _ONEDNN_FROM_HIDDEN.get(cpu_vendor())
+    if threshold is not None and steps <= 1:
+        threshold = max(threshold, _ONEDNN_ONE_STEP_FROM_HIDDEN)
     return "onednn" if threshold is not None and hidden_size >= threshold else "mkl"
 
 
