@@ -24,12 +24,6 @@ from zoneout.nn.stack import run_layers
 from zoneout.nn.zoneout_noise import Zoneout
 
 
-def to_time_major(input: Tensor, input_size: int, batch_first: bool) -> tuple[Tensor, bool]:
-    """nn.RNN-style input -> (T, B, I), and whether it came unbatched as (T, I)."""
-    prepared = prepare_input(input, input_size, batch_first)
-    return prepared.x, prepared.unbatched
-
-
 class LSTM(LayerSurface, nn.Module):
     """Multi-layer (optionally bidirectional) LSTM whose recurrence takes noise from
     `recurrent_regularizers` (one noise draw per layer, direction and forward pass). With no
