@@ -4,6 +4,8 @@
 #     scripts/paper_scale_run.sh ROW CLIP [extra Hydra overrides]     ROW: zoneout | unregularized
 #                                                                     CLIP: grad | update
 #
+# VARIANT=<name> with extra model overrides (e.g. VARIANT=learned-start model.initial_state=learned) runs
+# in a folder of its own, <ROW>_clip-<CLIP>_<name>, which the trajectory table leaves out.
 # Seed $SEED (0), one thread, the authors' square-block init, trainer.resume=true: run it again after a
 # stop and it goes on from the exact batch of its last.pt (SIGTERM/SIGINT save one first). Run folder
 # $ZONEOUT_RUNS_DIR/paper/ptb_char/<ROW>_clip-<CLIP>/seed<SEED> (runs/ by default), its log beside it.
@@ -16,9 +18,11 @@ row=${1:-}; clip=${2:-}
 case $row in zoneout|unregularized) ;; *) echo "error: ROW must be zoneout or unregularized, got '$row'" >&2; exit 2;; esac
 case $clip in grad|update) ;; *) echo "error: CLIP must be grad or update, got '$clip'" >&2; exit 2;; esac
 shift 2
+variant=${VARIANT:-}
+case $variant in ''|*[!a-z0-9-]*) [ -z "$variant" ] || { echo "error: VARIANT must be lower-case letters, digits and '-', got '$variant'" >&2; exit 2; };; esac
 seed=${SEED:-0}
 runs=${ZONEOUT_RUNS_DIR:-runs}
-name=ptb_char/${row}_clip-${clip}
+name=ptb_char/${row}_clip-${clip}${variant:+_$variant}
 log=$runs/paper/$name/seed$seed.log
 mkdir -p "$runs/paper/$name"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,3 +72,39 @@ def test_a_corrupt_metrics_file_is_one_line_naming_it(folders, capsys):
     assert paper_trajectory.main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(folder / "metrics.jsonl") in err[0]
+
+
+def fake_checkout(tmp_path: Path) -> Path:
+    """The launcher in a checkout whose `make data` does nothing and whose python prints its arguments."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    (checkout / "scripts" / "paper_scale_run.sh").write_text((ROOT / "scripts" / "paper_scale_run.sh").read_text())
+    (checkout / "Makefile").write_text("data:\n\t@true\n")
+    python = checkout / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/bin/sh\necho "$@"\n')
+    python.chmod(0o755)
+    return checkout
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["dropout", "grad"], {}, "ROW must be zoneout or unregularized, got 'dropout'"),
+    (["zoneout", "adam"], {}, "CLIP must be grad or update, got 'adam'"),
+    (["zoneout", "grad"], {"VARIANT": "../up"}, "VARIANT must be lower-case letters, digits and '-', got '../up'"),
+])
+def test_the_launcher_refuses_bad_arguments_in_one_line(tmp_path, args, env, message):
+    checkout = fake_checkout(tmp_path)
+    result = subprocess.run(["bash", str(checkout / "scripts" / "paper_scale_run.sh"), *args], capture_output=True, text=True,
+                            env={**os.environ, "ZONEOUT_RUNS_DIR": str(tmp_path / "runs"), **env})
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_variant_runs_in_a_folder_the_trajectory_leaves_out(tmp_path):
+    checkout = fake_checkout(tmp_path)
+    env = {**os.environ, "ZONEOUT_RUNS_DIR": str(tmp_path / "runs"), "VARIANT": "learned-start"}
+    subprocess.run(["bash", str(checkout / "scripts" / "paper_scale_run.sh"), "zoneout", "grad", "model.initial_state=learned"],
+                   check=True, env=env)
+    log = (tmp_path / "runs" / "paper" / "ptb_char" / "zoneout_clip-grad_learned-start" / "seed0.log").read_text()
+    assert "name=ptb_char/zoneout_clip-grad_learned-start" in log and log.rstrip().endswith("model.initial_state=learned")
+    assert "model.init=orthogonal_square_blocks trainer.threads=1 trainer.resume=true" in log

@@ -12,6 +12,7 @@ import torch
 from zoneout.config_dir import config_dir
 from zoneout.models.build import CELLS
 from zoneout.models.init import INIT_SCHEMES
+from zoneout.models.initial_state import INITIAL_STATES
 from zoneout.nn.dispatch import IMPLS
 
 CONFIG_DIR = config_dir()
@@ -91,6 +92,11 @@ def check_config(cfg) -> None:
     _one_of("model.init", m.init, INIT_SCHEMES)
     _one_of("model.impl", m.impl, IMPLS)
     _one_of("model.nonlinearity", m.nonlinearity, ("tanh", "relu"))
+    _one_of("model.initial_state", m.get("initial_state", "zeros"), INITIAL_STATES)
+    if not isinstance(m.get("recurrent_bias", True), bool):
+        raise ConfigError(f"model.recurrent_bias={m.recurrent_bias!r}: allowed values are true, false")
+    if m.get("recurrent_bias", True) is False and m.cell != "lstm":
+        raise ConfigError(f"model.recurrent_bias=false: only with model.cell=lstm (the authors' char-PTB cell); got {m.cell}")
     if m.cell == "bn_lstm":
         _one_of("model.bn_population_warmup", m.get("bn_population_warmup"), (True, False))
     for field in ("zoneout_cell", "zoneout_hidden", "recurrent_dropout", "stochastic_depth", "dropout"):

@@ -16,6 +16,8 @@ SCALE_BLOCKS = tuple(path.stem for path in (config_dir() / "scale").glob("*.yaml
 # setting existed ran with the value given here.
 TRAINING_DEFINING = {"clip": "grad", "clip_grad_norm": None, "loss_sum_over_time": False, "max_steps_per_epoch": None,
                      "eval_max_batches": None}
+# Model settings added after runs were saved: such a run ran with the value given here.
+MODEL_ADDED = {"initial_state": "zeros", "recurrent_bias": True}
 
 
 def first_difference(saved: dict, current: dict) -> str | None:
@@ -27,6 +29,8 @@ def first_difference(saved: dict, current: dict) -> str | None:
             return f"trainer.{key}: {old!r}, now {new!r}"
     for key in RUN_DEFINING + ("dataset",):
         old, new = saved.get(key), current.get(key)
+        if key == "model" and isinstance(old, dict) and isinstance(new, dict):
+            old, new = ({**MODEL_ADDED, **d} for d in (old, new))
         if key == "dataset" and isinstance(old, dict) and isinstance(new, dict):
             old, new = ({k: v for k, v in d.items() if k not in DATASET_LOCATION + SCALE_BLOCKS} for d in (old, new))
         if old == new:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from zoneout.models.classifier import SequenceClassifier
 from zoneout.models.init import initialize
+from zoneout.models.initial_state import make_initial_state
 from zoneout.models.language_model import LanguageModel
 from zoneout.nn.bn_lstm import BatchNormLSTM
 from zoneout.nn.gru import GRU
@@ -66,19 +67,33 @@ def build_model(model_cfg, reg, input_vocab: int | None, num_outputs: int, max_l
             raise ModelConfigError("model.embedding_size: must be a positive integer with model.input=embedding")
         if model_cfg.input not in ("onehot", "embedding"):
             raise ModelConfigError(f"model.input must be onehot or embedding; got {model_cfg.input!r}")
+    initial_state, recurrent_bias = model_cfg.get("initial_state", "zeros"), model_cfg.get("recurrent_bias", True)
+    try:
+        start = make_initial_state(initial_state, model_cfg.num_layers, hidden, has_cell=cell in ("lstm", "bn_lstm"))
+    except ValueError as error:
+        raise ModelConfigError(str(error)) from None
+    if recurrent_bias is not True and (recurrent_bias is not False or cell != "lstm"):
+        raise ModelConfigError(f"model.recurrent_bias must be true, or false with model.cell=lstm; got {recurrent_bias!r} "
+                               f"with model.cell={cell}")
     layers = [make_layer(cell, first_input if layer == 0 else hidden, hidden,
                          recurrent_regularizers(reg, cell, layer), model_cfg, max_length)
               for layer in range(model_cfg.num_layers)]
     if input_vocab is None:
         if reg.dropout:
             raise ModelConfigError("regularizer.dropout: non-recurrent dropout is a language-model option (pMNIST has none)")
-        model = SequenceClassifier(layers, hidden, num_outputs)
+        model = SequenceClassifier(layers, hidden, num_outputs, start)
     else:
         dropout = SequenceDropout(reg.dropout, variational=reg.variational_dropout) if reg.dropout else None
         embedding = model_cfg.embedding_size if model_cfg.input == "embedding" else None
-        model = LanguageModel(input_vocab, layers, hidden, embedding, dropout)
+        model = LanguageModel(input_vocab, layers, hidden, embedding, dropout, start)
     try:
         initialize(model, cell, model_cfg.init, model_cfg.init_range, model_cfg.forget_bias)
     except ValueError as error:  # a scheme that does not fit these shapes: one line, not a traceback
         raise ModelConfigError(str(error)) from None
+    if not recurrent_bias:  # the authors' W_state has no bias: hold bias_hh at zero, out of training
+        for layer in model.layers:
+            for name, parameter in layer.named_parameters():
+                if name.startswith("bias_hh"):
+                    parameter.detach().zero_()
+                    parameter.requires_grad_(False)
     return model

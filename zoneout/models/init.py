@@ -39,7 +39,8 @@ def initialize(model: nn.Module, cell: str, scheme: str, init_range: float, forg
         pass
     elif scheme == "uniform":
         for name, parameter in model.named_parameters():
-            if ".bn_" not in name:  # recurrent-BN gammas (0.1) and betas (0) keep their own init
+            # recurrent-BN gammas (0.1) and betas (0), and a learned initial state (0), keep their own init
+            if ".bn_" not in name and not name.startswith("initial_state."):
                 nn.init.uniform_(parameter, -init_range, init_range)
     elif scheme == "orthogonal":
         for layer in model.layers:

@@ -2,6 +2,8 @@
 
 With input="onehot" the one-hot goes straight into the first layer's gates, as in the paper's
 code (docs/replication.md §1.5); the lookup below is that product, computed as an index instead of a GEMM.
+With a LearnedInitialState every sequence that starts from scratch (state None) starts from trained
+per-layer vectors, as the authors' char-PTB code does.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from zoneout.models.initial_state import LearnedInitialState
 from zoneout.regularizers.dropout import SequenceDropout
 
 
@@ -26,18 +29,21 @@ class OneHotProjection(nn.Module):
 
 class LanguageModel(nn.Module):
     def __init__(self, vocab_size: int, layers: Sequence[nn.Module], hidden_size: int,
-                 embedding_size: Optional[int] = None, dropout: Optional[SequenceDropout] = None):
+                 embedding_size: Optional[int] = None, dropout: Optional[SequenceDropout] = None,
+                 initial_state: Optional[LearnedInitialState] = None):
         super().__init__()
         self.vocab_size = vocab_size
         self.input = nn.Embedding(vocab_size, embedding_size) if embedding_size else OneHotProjection(vocab_size)
         self.layers = nn.ModuleList(layers)
         self.dropout = dropout or nn.Identity()
         self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.initial_state = initial_state  # None: every sequence starts from zeros
 
     def forward(self, tokens: Tensor, state: Optional[list] = None):
         """tokens (B, T) -> logits (T, B, V), top-layer hidden states (T, B, H), per-layer final states."""
-        x = self.dropout(self.input(tokens.t()))
-        state = state or [None] * len(self.layers)
+        x = self.dropout(self.input(tokens.t()).to(self.decoder.weight.dtype))  # one-hot follows model.double()
+        if not state:  # a sequence from scratch (a carried stream state is used as given)
+            state = self.initial_state(tokens.shape[0]) if self.initial_state is not None else [None] * len(self.layers)
         new_state = []
         for layer, layer_state in zip(self.layers, state):
             x, final = layer(x, layer_state)
