@@ -24,3 +24,15 @@ def test_no_proc_cpuinfo(monkeypatch):
 def test_this_machine_reads_without_error():
     assert isinstance(cpuinfo.cpu_description(), str)
     assert isinstance(cpuinfo.cpu_flags(), set)
+
+
+def test_run_summaries_name_the_cpu_generation_not_only_its_brand(monkeypatch):
+    import torch
+
+    from zoneout import train
+
+    monkeypatch.setattr(cpuinfo, "_fields", lambda: ZEN3)
+    threads = torch.get_num_threads()
+    assert train.describe_device(torch.device("cpu")) == f"cpu (AMD EPYC, family 25 model 1, {threads} threads)"
+    monkeypatch.setattr(cpuinfo, "_fields", lambda: {})
+    assert train.describe_device(torch.device("cpu")) == f"cpu ({threads} threads)"

@@ -27,7 +27,7 @@ from zoneout import checkpoint, resolvers  # noqa: F401 - resolvers: the Slurm l
 from zoneout.atomic import atomic_write_text
 from zoneout.config_check import ConfigError, check_command_line, check_config, check_group_overrides, fail
 from zoneout.config_dir import config_dir
-from zoneout.cpuinfo import cpu_model
+from zoneout.cpuinfo import cpu_description, cpu_model
 from zoneout.data import DataError
 from zoneout.loggers import build_logger
 from zoneout.models.build import ModelConfigError, build_model
@@ -266,8 +266,8 @@ def finished_run(cfg, run_dir: Path, config_dict: dict) -> dict | None:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = cpu_model()
-    return f"cpu ({model}, {torch.get_num_threads()} threads)" if model else f"cpu ({torch.get_num_threads()} threads)"
+    # family/model too: two different CPUs here both call themselves "AMD EPYC"
+    return f"cpu ({cpu_description()}, {torch.get_num_threads()} threads)" if cpu_model() else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def git_commit(root: Path = Path(__file__).resolve().parent.parent) -> str:
