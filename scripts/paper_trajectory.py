@@ -8,6 +8,9 @@ a live folder wins over its copy), and writes results/paper/ptb_char_trajectory.
 validation BPC per epoch finished so far, beside the authors' logged dev_bpr for the same epoch.
 --keep first copies each live run's small files (metrics.jsonl, config.yaml, summary.json; never
 checkpoints) to results/paper/runs/, so a checkout without the run folders keeps what was reached.
+Variant runs (`VARIANT=<name> scripts/paper_scale_run.sh ...`: folders <row>_clip-<rule>_<name>, one
+setting changed) get a section of their own in the .md, beside their row's same-seed run; the csv keeps
+the rows only, so a table never mixes two settings.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from zoneout.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 SPEC = ROOT / "experiments" / "reference" / "paper_trajectory_ptb_char.yaml"
 KEPT_FILES = ("metrics.jsonl", "config.yaml", "summary.json")
 CSV_HEADER = ["row", "clip", "seed", "epoch", "valid_bpc", "authors_valid_bpc"]
+VARIANT_NAME = re.compile(r"[a-z0-9-]+")  # as scripts/paper_scale_run.sh accepts it
 
 
 class TrajectoryError(ValueError):
@@ -66,9 +71,44 @@ def find_runs(spec: dict) -> dict[tuple[str, str, int], Path]:
     return found
 
 
+def find_variants(spec: dict) -> dict[tuple[str, str, str, int], Path]:
+    """(row, rule, variant, seed) -> its folder, for folders <row>_clip-<rule>_<variant>."""
+    found = {}
+    for root in (results_dir() / "runs", live_runs_dir()):
+        for row in spec["rows"]:
+            for rule in spec["clips"]:
+                for run in sorted((root / "ptb_char").glob(f"{row}_clip-{rule}_*")):
+                    variant = run.name.removeprefix(f"{row}_clip-{rule}_")
+                    if not VARIANT_NAME.fullmatch(variant):
+                        continue
+                    for folder in sorted(run.glob("seed*")):
+                        if (folder / "metrics.jsonl").exists() and read_json_lines(folder / "metrics.jsonl"):
+                            found[(row, rule, variant, int(folder.name.removeprefix("seed")))] = folder
+    return found
+
+
+def settings_changed(variant_folder: Path, row_folder: Path | None) -> str:
+    """'model.initial_state: zeros -> learned, ...' between the two runs' config.yaml (the run-defining groups)."""
+    if row_folder is None or not (row_folder / "config.yaml").exists() or not (variant_folder / "config.yaml").exists():
+        return "settings not compared (a config.yaml is missing)"
+    configs = []
+    for folder in (row_folder, variant_folder):
+        try:
+            configs.append(yaml.safe_load((folder / "config.yaml").read_text()) or {})
+        except (OSError, yaml.YAMLError) as error:
+            raise TrajectoryError(f"{folder / 'config.yaml'}: unreadable ({error})") from None
+    changes = []
+    for group in ("model", "regularizer", "optim", "trainer"):
+        old, new = configs[0].get(group) or {}, configs[1].get(group) or {}
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key) and (group != "trainer" or key in ("clip", "clip_grad_norm", "loss_sum_over_time")):
+                changes.append(f"{group}.{key}: {old.get(key, 'unset')} -> {new.get(key, 'unset')}")
+    return ", ".join(changes) or "no run-defining setting differs"
+
+
 def keep(runs: dict, kept_root: Path) -> None:
-    for (row, rule, seed), folder in runs.items():
-        target = kept_root / "ptb_char" / f"{row}_clip-{rule}" / f"seed{seed}"
+    for folder in runs.values():
+        target = kept_root / "ptb_char" / folder.parent.name / folder.name
         if folder.resolve() == target.resolve():
             continue
         for name in KEPT_FILES:
@@ -121,7 +161,34 @@ def render_markdown(spec: dict, records: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(spec: dict, records: dict, path: Path) -> None:
+def render_variants(spec: dict, variants: dict, runs: dict, records: dict) -> str:
+    """One table per variant run: its validation BPC beside its row's run of the same seed and the authors'."""
+    if not variants:
+        return ""
+    authors = authors_log(spec)
+    out = ["## Variants: a row with one setting changed (own run folders; not in the csv)", ""]
+    for (row, rule, variant, seed), folder in sorted(variants.items()):
+        metrics = read_json_lines(folder / "metrics.jsonl")
+        base = {m["epoch"]: m for m in records.get((row, rule, seed), [])}
+        out += [f"### {row}, trainer.clip={rule}, variant `{variant}`, seed {seed}", "",
+                f"Changed from the row's run: {settings_changed(folder, runs.get((row, rule, seed)))}.", "",
+                "| epoch | valid BPC | the row's valid | variant − row | authors' valid | variant − theirs | train BPC "
+                "| train min | commit | device |", "|" + "---|" * 10]
+        for m in metrics:
+            row_valid = base[m["epoch"]]["valid_bpc"] if m["epoch"] in base else None
+            theirs = authors.get(m["epoch"]) if row == spec["authors_row"] else None
+            their_valid = float(theirs["dev_bpr"]) if theirs else None
+            cells = [m["epoch"], f"{m['valid_bpc']:.4f}", f"{row_valid:.4f}" if row_valid is not None else "",
+                     f"{m['valid_bpc'] - row_valid:+.4f}" if row_valid is not None else "",
+                     f"{their_valid:.4f}" if theirs else "", f"{m['valid_bpc'] - their_valid:+.4f}" if theirs else "",
+                     f"{m['train_bpc']:.4f}", f"{m['train_seconds'] / 60:.1f}", m.get("commit", "not recorded"),
+                     m.get("device", "not recorded")]
+            out.append("| " + " | ".join(map(str, cells)) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def plot(spec: dict, records: dict, variant_records: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,6 +201,9 @@ def plot(spec: dict, records: dict, path: Path) -> None:
     for (row, rule, seed), metrics in records.items():
         axis.plot([m["epoch"] for m in metrics], [m["valid_bpc"] for m in metrics], marker="o", markersize=3,
                   label=f"ours: {row}, clip={rule}, seed {seed}")
+    for (row, rule, variant, seed), metrics in variant_records.items():
+        axis.plot([m["epoch"] for m in metrics], [m["valid_bpc"] for m in metrics], marker="x", markersize=3,
+                  linestyle="--", label=f"ours: {row}, clip={rule}, {variant}, seed {seed}")
     for row, values in spec["paper"].items():
         axis.axhline(values["valid"], linestyle=":", linewidth=1, color="grey")
         axis.annotate(f"paper {row} valid {values['valid']}", (epochs[-1], values["valid"]), fontsize=7, ha="right", va="bottom")
@@ -151,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = yaml.safe_load(SPEC.read_text())
     try:
-        runs = find_runs(spec)
+        runs, variants = find_runs(spec), find_variants(spec)
         if args.keep:
-            keep(runs, results_dir() / "runs")
+            keep({**runs, **variants}, results_dir() / "runs")
         lines, records = trajectory(spec, runs)
+        variant_text = render_variants(spec, variants, runs, records)
+        variant_records = {key: read_json_lines(folder / "metrics.jsonl") for key, folder in sorted(variants.items())}
     except TrajectoryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -164,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     writer.writeheader()
     writer.writerows(lines)
     atomic_write_text(out / "ptb_char_trajectory.csv", text.getvalue())
-    markdown = render_markdown(spec, records)
+    markdown = render_markdown(spec, records) + ("\n" + variant_text if variant_text else "")
     atomic_write_text(out / "ptb_char_trajectory.md", markdown)
-    plot(spec, records, out / "ptb_char_trajectory.png")
+    plot(spec, records, variant_records, out / "ptb_char_trajectory.png")
     print(markdown)
     return 0
 

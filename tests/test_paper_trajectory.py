@@ -74,6 +74,29 @@ def test_a_corrupt_metrics_file_is_one_line_naming_it(folders, capsys):
     assert len(err) == 1 and str(folder / "metrics.jsonl") in err[0]
 
 
+def test_a_variant_is_reported_beside_its_row_and_never_in_the_csv(folders, capsys):
+    row = folders / "runs/paper/ptb_char/zoneout_clip-grad/seed0"
+    variant = folders / "runs/paper/ptb_char/zoneout_clip-grad_learned-start/seed0"
+    write_run(row, [1.7308, 1.6080, 1.5533])
+    write_run(variant, [1.7250, 1.6000])
+    (row / "config.yaml").write_text("model: {cell: lstm, initial_state: zeros}\ntrainer: {clip: grad, threads: 1}\n")
+    (variant / "config.yaml").write_text("model: {cell: lstm, initial_state: learned}\ntrainer: {clip: grad, threads: 2}\n")
+    write_run(folders / "runs/paper/ptb_char/zoneout_clip-grad_Not_A_Variant/seed0", [9.0])  # not a launcher name
+    assert paper_trajectory.main(["--keep"]) == 0
+    out = folders / "results/paper"
+    with open(out / "ptb_char_trajectory.csv", newline="") as handle:
+        assert [line[:5] for line in csv.reader(handle)][1:] == [["zoneout", "grad", "0", str(e), v] for e, v in
+                                                                 ((1, "1.7308"), (2, "1.6080"), (3, "1.5533"))]
+    markdown = (out / "ptb_char_trajectory.md").read_text()
+    section = markdown.split("## Variants")[1]
+    assert "variant `learned-start`, seed 0" in section and "9.0000" not in markdown
+    assert "Changed from the row's run: model.initial_state: zeros -> learned." in section  # threads do not count
+    assert "| 1 | 1.7250 | 1.7308 | -0.0058 | 1.7333 | -0.0083 |" in section
+    assert "| 2 | 1.6000 | 1.6080 | -0.0080 | 1.6021 | -0.0021 |" in section
+    kept = out / "runs/ptb_char/zoneout_clip-grad_learned-start/seed0"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl"]
+
+
 def fake_checkout(tmp_path: Path) -> Path:
     """The launcher in a checkout whose `make data` does nothing and whose python prints its arguments."""
     checkout = tmp_path / "checkout"
