@@ -43,6 +43,11 @@ class Diverged(RuntimeError):
     pass
 
 
+def trainable_parameters(model) -> list:
+    """What the optimizer, clipping and the parameter count see (model.recurrent_bias=false freezes bias_hh)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def build_optimizer(cfg, parameters):
     if cfg.name == "adam":
         return torch.optim.Adam(parameters, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -158,7 +163,7 @@ def train_one_epoch(cfg, model, task, optimizer, weight_noise, generator, epoch:
     `save_partial(progress)` writes such a checkpoint every trainer.checkpoint_every_min minutes and when
     a stop signal arrives (then Interrupted is raised)."""
     model.train()
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    parameters = trainable_parameters(model)
     if partial:  # this epoch's data as it was drawn at its start
         generator.set_state(partial["data_rng_at_start"])
     data_rng_at_start = generator.get_state()
@@ -318,7 +323,7 @@ def train_in(cfg: DictConfig, run_dir: Path) -> dict:
     task, input_vocab, outputs, max_length = build_task(cfg, device)
     model = build_model(cfg.model, cfg.regularizer, input_vocab, outputs, max_length).to(device)
     diverged_above = divergence_threshold(cfg, outputs)
-    optimizer = build_optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad])
+    optimizer = build_optimizer(cfg.optim, trainable_parameters(model))
     weight_noise = WeightNoise(cfg.regularizer.weight_noise) if cfg.regularizer.weight_noise else None
     config_dict = OmegaConf.to_container(cfg, resolve=True)
     start_epoch, best, bad_epochs, history, resumed_from = 1, None, 0, [], None
@@ -346,7 +351,7 @@ def train_in(cfg: DictConfig, run_dir: Path) -> dict:
     logger = build_logger(cfg, run_dir, history, config_dict)
     summary = {"name": cfg.name, "dataset": cfg.dataset.name, "model": cfg.model.cell, "regularizer": cfg.regularizer.name,
                "metric": task.metric, "scale": cfg.scale_name, "seed": cfg.seed, "device": describe_device(device),
-               "commit": git_commit(), "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad), "status": "running"}
+               "commit": git_commit(), "parameters": sum(p.numel() for p in trainable_parameters(model)), "status": "running"}
     if resumed_from is not None:
         summary["resumed_from_epoch"] = resumed_from  # this process continued from last.pt (e.g. a requeued job)
     wall_start = time.perf_counter()
