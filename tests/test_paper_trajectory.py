@@ -79,8 +79,9 @@ def test_a_variant_is_reported_beside_its_row_and_never_in_the_csv(folders, caps
     variant = folders / "runs/paper/ptb_char/zoneout_clip-grad_learned-start/seed0"
     write_run(row, [1.7308, 1.6080, 1.5533])
     write_run(variant, [1.7250, 1.6000])
-    (row / "config.yaml").write_text("model: {cell: lstm, initial_state: zeros}\ntrainer: {clip: grad, threads: 1}\n")
-    (variant / "config.yaml").write_text("model: {cell: lstm, initial_state: learned}\ntrainer: {clip: grad, threads: 2}\n")
+    (row / "config.yaml").write_text("model: {cell: lstm}\ntrainer: {clip: grad, threads: 1}\n")  # saved before the options
+    (variant / "config.yaml").write_text("model: {cell: lstm, initial_state: learned, recurrent_bias: true}\n"
+                                         "trainer: {clip: grad, threads: 2}\n")
     write_run(folders / "runs/paper/ptb_char/zoneout_clip-grad_Not_A_Variant/seed0", [9.0])  # not a launcher name
     assert paper_trajectory.main(["--keep"]) == 0
     out = folders / "results/paper"
