@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from zoneout.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
-from zoneout.run_identity import MODEL_ADDED  # noqa: E402
+from zoneout.run_identity import MODEL_ADDED, TRAINING_DEFINING  # noqa: E402
 
 SPEC = ROOT / "experiments" / "reference" / "paper_trajectory_ptb_char.yaml"
 KEPT_FILES = ("metrics.jsonl", "config.yaml", "summary.json")
@@ -103,8 +103,10 @@ def settings_changed(variant_folder: Path, row_folder: Path | None) -> str:
         old, new = configs[0].get(group) or {}, configs[1].get(group) or {}
         if group == "model":  # a setting added after a run began: that run ran with its default
             old, new = {**MODEL_ADDED, **old}, {**MODEL_ADDED, **new}
+        if group == "trainer":  # only what run_identity counts as changing what is trained
+            old, new = ({k: d.get(k, v) for k, v in TRAINING_DEFINING.items()} for d in (old, new))
         for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key) and (group != "trainer" or key in ("clip", "clip_grad_norm", "loss_sum_over_time")):
+            if old.get(key) != new.get(key):
                 changes.append(f"{group}.{key}: {old.get(key, 'unset')} -> {new.get(key, 'unset')}")
     return ", ".join(changes) or "no run-defining setting differs"
 
