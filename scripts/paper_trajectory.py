@@ -34,6 +34,7 @@ SPEC = ROOT / "experiments" / "reference" / "paper_trajectory_ptb_char.yaml"
 KEPT_FILES = ("metrics.jsonl", "config.yaml", "summary.json")
 CSV_HEADER = ["row", "clip", "seed", "epoch", "valid_bpc", "authors_valid_bpc"]
 VARIANT_NAME = re.compile(r"[a-z0-9-]+")  # as scripts/paper_scale_run.sh accepts it
+PAST_BEST = 3  # epochs without a new best before a row counts as past its best (its curve has turned up)
 
 
 class TrajectoryError(ValueError):
@@ -166,6 +167,43 @@ def render_markdown(spec: dict, records: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_verdict(spec: dict, records: dict) -> str:
+    """The paper's claim (the regularized row beats the unregularized one on best validation BPC), per clip and seed,
+    stated only once no later epoch can change it: the unregularized row is PAST_BEST epochs past its best, and the
+    regularized row is already below that best (its own best can only get lower) or the other way round."""
+    regularized, baseline = spec["rows"]
+    out = [f"## The paper's claim at this scale: {regularized} vs {baseline}", "",
+           f"Paper (Table 1) best valid: {regularized} {spec['paper'][regularized]['valid']}, {baseline} "
+           f"{spec['paper'][baseline]['valid']}. Decided once {baseline} has gone {PAST_BEST} epochs without a new best "
+           f"and {regularized}'s best so far is below {baseline}'s best (or, once both have, either way).", "",
+           f"| trainer.clip | seed | {regularized}: best valid (epoch / run) | {baseline}: best valid (epoch / run) "
+           f"| {regularized} − {baseline} at equal epochs | verdict |", "|" + "---|" * 6]
+    pairs = sorted({(rule, seed) for (_, rule, seed) in records})
+    shown = 0
+    for rule, seed in pairs:
+        ours, theirs = records.get((regularized, rule, seed)), records.get((baseline, rule, seed))
+        if not ours or not theirs:
+            continue
+        shown += 1
+        best = {name: min(m, key=lambda r: r["valid_bpc"]) for name, m in ((regularized, ours), (baseline, theirs))}
+        past = {name: len(m) - best[name]["epoch"] >= PAST_BEST for name, m in ((regularized, ours), (baseline, theirs))}
+        by_epoch = {m["epoch"]: m["valid_bpc"] for m in theirs}
+        equal = [f"{m['epoch']}: {m['valid_bpc'] - by_epoch[m['epoch']]:+.4f}" for m in ours if m["epoch"] in by_epoch]
+        a, b = best[regularized]["valid_bpc"], best[baseline]["valid_bpc"]
+        if past[baseline] and (a < b or past[regularized]):
+            verdict = f"decided: {regularized if a < b else baseline} is better by {abs(a - b):.4f}"
+        elif not past[baseline]:
+            verdict = (f"open: {baseline} is {len(theirs) - best[baseline]['epoch']} of {PAST_BEST} epochs past its best")
+        else:
+            verdict = f"open: {regularized} is still above {baseline}'s best and still improving"
+        cells = [rule, seed, f"{a:.4f} ({best[regularized]['epoch']} / {len(ours)})",
+                 f"{b:.4f} ({best[baseline]['epoch']} / {len(theirs)})", ", ".join(equal), verdict]
+        out.append("| " + " | ".join(map(str, cells)) + " |")
+    if not shown:
+        out.append("| | | | | | open: no seed has both rows yet |")
+    return "\n".join(out) + "\n"
+
+
 def render_variants(spec: dict, variants: dict, runs: dict, records: dict) -> str:
     """One table per variant run: its validation BPC beside its row's run of the same seed and the authors'."""
     if not variants:
@@ -241,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     writer.writeheader()
     writer.writerows(lines)
     atomic_write_text(out / "ptb_char_trajectory.csv", text.getvalue())
-    markdown = render_markdown(spec, records) + ("\n" + variant_text if variant_text else "")
+    markdown = (render_markdown(spec, records) + "\n" + render_verdict(spec, records)
+                + ("\n" + variant_text if variant_text else ""))
     atomic_write_text(out / "ptb_char_trajectory.md", markdown)
     plot(spec, records, variant_records, out / "ptb_char_trajectory.png")
     print(markdown)

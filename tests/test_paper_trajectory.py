@@ -132,3 +132,29 @@ def test_a_variant_runs_in_a_folder_the_trajectory_leaves_out(tmp_path):
     log = (tmp_path / "runs" / "paper" / "ptb_char" / "zoneout_clip-grad_learned-start" / "seed0.log").read_text()
     assert "name=ptb_char/zoneout_clip-grad_learned-start" in log and log.rstrip().endswith("model.initial_state=learned")
     assert "model.init=orthogonal_square_blocks trainer.threads=1 trainer.resume=true" in log
+
+
+@pytest.mark.parametrize("zoneout, unregularized, verdict", [
+    ([1.73, 1.61, 1.55], [1.70, 1.58], "open: unregularized is 0 of 3 epochs past its best"),
+    ([1.73, 1.61, 1.55, 1.52, 1.50], [1.70, 1.58, 1.53, 1.54, 1.56], "open: unregularized is 2 of 3 epochs past its best"),
+    ([1.73, 1.61, 1.55, 1.52, 1.50], [1.70, 1.58, 1.53, 1.54, 1.56, 1.57], "decided: zoneout is better by 0.0300"),
+    # the baseline is past its best but zoneout, above it, may still get below it
+    ([1.73, 1.61, 1.58, 1.56, 1.55, 1.54], [1.70, 1.50, 1.51, 1.52, 1.53], "open: zoneout is still above unregularized's best and still improving"),
+    ([1.73, 1.60, 1.61, 1.62, 1.63], [1.70, 1.50, 1.51, 1.52, 1.53], "decided: unregularized is better by 0.1000"),
+])
+def test_the_claim_is_decided_only_when_no_later_epoch_can_change_it(folders, zoneout, unregularized, verdict):
+    write_run(folders / "runs/paper/ptb_char/zoneout_clip-grad/seed0", zoneout)
+    write_run(folders / "runs/paper/ptb_char/unregularized_clip-grad/seed0", unregularized)
+    write_run(folders / "runs/paper/ptb_char/zoneout_clip-update/seed0", [1.75])  # no unregularized partner: no line
+    assert paper_trajectory.main([]) == 0
+    section = (folders / "results/paper/ptb_char_trajectory.md").read_text().split("## The paper's claim")[1]
+    lines = [line for line in section.splitlines() if line.startswith("| grad") or line.startswith("| update")]
+    assert len(lines) == 1 and lines[0].startswith("| grad | 0 |") and lines[0].endswith(f"| {verdict} |")
+    equal = ", ".join(f"{e}: {z - u:+.4f}" for e, (z, u) in enumerate(zip(zoneout, unregularized), start=1))
+    assert f"| {equal} |" in lines[0]
+
+
+def test_the_claim_says_open_before_both_rows_have_an_epoch(folders):
+    write_run(folders / "runs/paper/ptb_char/zoneout_clip-grad/seed0", [1.73])
+    assert paper_trajectory.main([]) == 0
+    assert "open: no seed has both rows yet" in (folders / "results/paper/ptb_char_trajectory.md").read_text()
