@@ -28,7 +28,7 @@ TABLE_fig3 := fig3_zoneout_grid
 TABLE_gru-rnn := text_gru_rnn
 TABLES := ptb-char ptb-word text8 pmnist fig3 gru-rnn
 
-.PHONY: lint evidence paper-trajectory help install install-slurm slurm-vs-sequential data data-text8 test test-fast smoke bench \
+.PHONY: lint evidence paper-trajectory paper-status help install install-slurm slurm-vs-sequential data data-text8 test test-fast smoke bench \
 	replicate-gradient-flow replicate-semantic-consistency replicate-seq2seq-addition $(addprefix replicate-,$(TABLES)) clean
 
 help:  ## list the targets
@@ -62,6 +62,9 @@ test-fast: data  ## tests without the slow end-to-end ones
 
 paper-trajectory: install  ## char-PTB at paper scale: our valid BPC per epoch beside the authors' log (results/paper/)
 	$(BIN)/python scripts/paper_trajectory.py --keep
+
+paper-status: install  ## where each paper-scale char-PTB run stands (epochs, resume point, running?) and the command that continues it
+	$(BIN)/python scripts/paper_status.py
 
 smoke: data  ## a char-PTB zoneout run of a few hundred CPU steps that prints BPC
 	$(BIN)/python -m zoneout.train experiment=ptb_char/zoneout logger=csv model.hidden_size=100 dataset.train_fraction=0.2 \

@@ -11,7 +11,8 @@
 # $ZONEOUT_RUNS_DIR/paper/ptb_char/<ROW>_clip-<CLIP>/seed<SEED> (runs/ by default), its log beside it.
 # Sets up this checkout first (make data: venv, install, data; a no-op once done); its own kernel-build folder so that two checkouts with
 # different venvs never rebuild the fused extension over each other. Run it from a clean commit in a
-# clone of its own, and `make paper-trajectory` in the working checkout after each epoch.
+# clone of its own, and `make paper-trajectory` in the working checkout after each epoch; `make paper-status`
+# says where each run stands and prints the command line logged here that continues it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 row=${1:-}; clip=${2:-}
@@ -25,6 +26,13 @@ runs=${ZONEOUT_RUNS_DIR:-runs}
 name=ptb_char/${row}_clip-${clip}${variant:+_$variant}
 log=$runs/paper/$name/seed$seed.log
 mkdir -p "$runs/paper/$name"
+# The exact command that continues this run, for scripts/paper_status.py (and whoever continues it later).
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || commit="$commit+uncommitted"
+extra=""; for arg in "$@"; do extra+=" $(printf %q "$arg")"; done
+printf 'launch %s at %s: ( cd %q && ZONEOUT_RUNS_DIR=%q%s SEED=%q scripts/paper_scale_run.sh %q %q%s )\n' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$commit" "$PWD" "$(cd "$runs" && pwd)" "${variant:+ VARIANT=$variant}" "$seed" \
+    "$row" "$clip" "$extra" >>"$log"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}
 export ZONEOUT_DATA_MIRROR=${ZONEOUT_DATA_MIRROR:-$(cd .. && pwd)/shared/data}
 export OMP_NUM_THREADS=1
