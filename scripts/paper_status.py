@@ -12,29 +12,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from paper_trajectory import TrajectoryError, read_json_lines  # noqa: E402  (scripts/, beside this file)
+
 from zoneout import checkpoint  # noqa: E402
 from zoneout.run_folder import LOCK_FILE  # noqa: E402
-
-
-class StatusError(ValueError):
-    pass
-
-
-def finished_epochs(folder: Path) -> list[dict]:
-    path = folder / "metrics.jsonl"
-    if not path.exists():
-        return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as error:
-        raise StatusError(f"{path}: unreadable ({error})") from None
 
 
 def resume_point(folder: Path) -> str:
@@ -72,7 +59,7 @@ def status(runs_root: Path) -> list[dict]:
     for folder in sorted((runs_root / "ptb_char").glob("*/seed*")):
         if not folder.is_dir():
             continue
-        epochs = finished_epochs(folder)
+        epochs = read_json_lines(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
         best = min(epochs, key=lambda m: m["valid_bpc"]) if epochs else None
         rows.append({"run": f"{folder.parent.name}/{folder.name}", "epochs": len(epochs),
                      "best": f"{best['valid_bpc']:.4f} (epoch {best['epoch']})" if best else "",
@@ -86,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_root = Path(os.environ.get("ZONEOUT_RUNS_DIR", ROOT / "runs")) / "paper"
     try:
         rows = status(runs_root)
-    except (StatusError, checkpoint.CheckpointError) as error:
+    except (TrajectoryError, checkpoint.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not rows:
