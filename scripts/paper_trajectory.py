@@ -89,6 +89,11 @@ def find_variants(spec: dict) -> dict[tuple[str, str, str, int], Path]:
     return found
 
 
+def override_value(value) -> str:
+    """A setting as one writes it on the command line (true, not Python's True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def settings_changed(variant_folder: Path, row_folder: Path | None) -> str:
     """'model.initial_state: zeros -> learned, ...' between the two runs' config.yaml (the run-defining groups)."""
     if row_folder is None or not (row_folder / "config.yaml").exists() or not (variant_folder / "config.yaml").exists():
@@ -108,7 +113,7 @@ def settings_changed(variant_folder: Path, row_folder: Path | None) -> str:
             old, new = ({k: d.get(k, v) for k, v in TRAINING_DEFINING.items()} for d in (old, new))
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
-                changes.append(f"{group}.{key}: {old.get(key, 'unset')} -> {new.get(key, 'unset')}")
+                changes.append(f"{group}.{key}: {override_value(old.get(key, 'unset'))} -> {override_value(new.get(key, 'unset'))}")
     return ", ".join(changes) or "no run-defining setting differs"
 
 

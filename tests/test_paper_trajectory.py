@@ -158,3 +158,11 @@ def test_the_claim_says_open_before_both_rows_have_an_epoch(folders):
     write_run(folders / "runs/paper/ptb_char/zoneout_clip-grad/seed0", [1.73])
     assert paper_trajectory.main([]) == 0
     assert "open: no seed has both rows yet" in (folders / "results/paper/ptb_char_trajectory.md").read_text()
+
+
+def test_a_changed_setting_reads_as_its_override(tmp_path):
+    row, variant = tmp_path / "row", tmp_path / "variant"
+    for folder, text in ((row, "model: {cell: lstm}\n"), (variant, "model: {cell: lstm, recurrent_bias: false}\n")):
+        folder.mkdir()
+        (folder / "config.yaml").write_text(text)
+    assert paper_trajectory.settings_changed(variant, row) == "model.recurrent_bias: true -> false"
