@@ -174,8 +174,8 @@ def render_markdown(spec: dict, records: dict) -> str:
 
 def render_verdict(spec: dict, records: dict) -> str:
     """The paper's claim (the regularized row beats the unregularized one on best validation BPC), per clip and seed,
-    stated only once no later epoch can change it: the unregularized row is PAST_BEST epochs past its best, and the
-    regularized row is already below that best (its own best can only get lower) or the other way round."""
+    stated only once the baseline has turned up (PAST_BEST epochs without a new best) and the regularized row's best
+    so far is already below the baseline's (its own best can only get lower), or once both rows have turned up."""
     regularized, baseline = spec["rows"]
     out = [f"## The paper's claim at this scale: {regularized} vs {baseline}", "",
            f"Paper (Table 1) best valid: {regularized} {spec['paper'][regularized]['valid']}, {baseline} "
@@ -186,23 +186,24 @@ def render_verdict(spec: dict, records: dict) -> str:
     pairs = sorted({(rule, seed) for (_, rule, seed) in records})
     shown = 0
     for rule, seed in pairs:
-        ours, theirs = records.get((regularized, rule, seed)), records.get((baseline, rule, seed))
-        if not ours or not theirs:
+        runs = {regularized: records.get((regularized, rule, seed)), baseline: records.get((baseline, rule, seed))}
+        if not all(runs.values()):
             continue
         shown += 1
-        best = {name: min(m, key=lambda r: r["valid_bpc"]) for name, m in ((regularized, ours), (baseline, theirs))}
-        past = {name: len(m) - best[name]["epoch"] >= PAST_BEST for name, m in ((regularized, ours), (baseline, theirs))}
-        by_epoch = {m["epoch"]: m["valid_bpc"] for m in theirs}
-        equal = [f"{m['epoch']}: {m['valid_bpc'] - by_epoch[m['epoch']]:+.4f}" for m in ours if m["epoch"] in by_epoch]
+        best = {name: min(m, key=lambda r: r["valid_bpc"]) for name, m in runs.items()}
+        last = {name: m[-1]["epoch"] for name, m in runs.items()}
+        past = {name: last[name] - best[name]["epoch"] >= PAST_BEST for name in runs}
+        by_epoch = {m["epoch"]: m["valid_bpc"] for m in runs[baseline]}
+        equal = [f"{m['epoch']}: {m['valid_bpc'] - by_epoch[m['epoch']]:+.4f}" for m in runs[regularized] if m["epoch"] in by_epoch]
         a, b = best[regularized]["valid_bpc"], best[baseline]["valid_bpc"]
         if past[baseline] and (a < b or past[regularized]):
             verdict = f"decided: {regularized if a < b else baseline} is better by {abs(a - b):.4f}"
         elif not past[baseline]:
-            verdict = (f"open: {baseline} is {len(theirs) - best[baseline]['epoch']} of {PAST_BEST} epochs past its best")
+            verdict = f"open: {baseline} is {last[baseline] - best[baseline]['epoch']} of {PAST_BEST} epochs past its best"
         else:
             verdict = f"open: {regularized} is still above {baseline}'s best and still improving"
-        cells = [rule, seed, f"{a:.4f} ({best[regularized]['epoch']} / {len(ours)})",
-                 f"{b:.4f} ({best[baseline]['epoch']} / {len(theirs)})", ", ".join(equal), verdict]
+        cells = [rule, seed, f"{a:.4f} ({best[regularized]['epoch']} / {last[regularized]})",
+                 f"{b:.4f} ({best[baseline]['epoch']} / {last[baseline]})", ", ".join(equal), verdict]
         out.append("| " + " | ".join(map(str, cells)) + " |")
     if not shown:
         out.append("| | | | | | open: no seed has both rows yet |")

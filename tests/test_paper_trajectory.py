@@ -142,7 +142,7 @@ def test_a_variant_runs_in_a_folder_the_trajectory_leaves_out(tmp_path):
     ([1.73, 1.61, 1.58, 1.56, 1.55, 1.54], [1.70, 1.50, 1.51, 1.52, 1.53], "open: zoneout is still above unregularized's best and still improving"),
     ([1.73, 1.60, 1.61, 1.62, 1.63], [1.70, 1.50, 1.51, 1.52, 1.53], "decided: unregularized is better by 0.1000"),
 ])
-def test_the_claim_is_decided_only_when_no_later_epoch_can_change_it(folders, zoneout, unregularized, verdict):
+def test_the_claim_is_decided_only_once_the_baseline_has_turned_up(folders, zoneout, unregularized, verdict):
     write_run(folders / "runs/paper/ptb_char/zoneout_clip-grad/seed0", zoneout)
     write_run(folders / "runs/paper/ptb_char/unregularized_clip-grad/seed0", unregularized)
     write_run(folders / "runs/paper/ptb_char/zoneout_clip-update/seed0", [1.75])  # no unregularized partner: no line
