@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from paper_trajectory import TrajectoryError, read_json_lines  # noqa: E402  (scripts/, beside this file)
+from paper_trajectory import TrajectoryError, live_runs_dir, read_json_lines  # noqa: E402  (scripts/, beside this file)
 
 from zoneout import checkpoint  # noqa: E402
 from zoneout.run_folder import LOCK_FILE  # noqa: E402
@@ -70,7 +69,7 @@ def status(runs_root: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    runs_root = Path(os.environ.get("ZONEOUT_RUNS_DIR", ROOT / "runs")) / "paper"
+    runs_root = live_runs_dir()
     try:
         rows = status(runs_root)
     except (TrajectoryError, checkpoint.CheckpointError) as error:
