@@ -10,7 +10,8 @@ validation BPC per epoch finished so far, beside the authors' logged dev_bpr for
 checkpoints) to results/paper/runs/, so a checkout without the run folders keeps what was reached.
 Variant runs (`VARIANT=<name> scripts/paper_scale_run.sh ...`: folders <row>_clip-<rule>_<name>, one
 setting changed) get a section of their own in the .md, beside their row's same-seed run; the csv keeps
-the rows only, so a table never mixes two settings.
+the rows only, so a table never mixes two settings. A row run with two or more seeds gets a section on how far
+its seeds lie apart per epoch, beside each seed's gap to the authors' single run.
 """
 from __future__ import annotations
 
@@ -210,6 +211,35 @@ def render_verdict(spec: dict, records: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_seed_spread(spec: dict, records: dict) -> str:
+    """Per row and clip run with two or more seeds: each seed's validation BPC per epoch and how far the seeds lie
+    apart (max - min) where two or more have the epoch, beside each seed's gap to the authors' log: whether a
+    difference from their single run (seed 123) is larger than the spread of ours."""
+    groups: dict[tuple[str, str], dict[int, dict[int, float]]] = {}
+    for (row, rule, seed), metrics in records.items():
+        groups.setdefault((row, rule), {})[seed] = {m["epoch"]: m["valid_bpc"] for m in metrics}
+    groups = {key: seeds for key, seeds in groups.items() if len(seeds) > 1}
+    if not groups:
+        return ""
+    authors = authors_log(spec)
+    out = ["## Seeds of one row: how far they lie apart", ""]
+    for (row, rule), seeds in sorted(groups.items()):
+        order = sorted(seeds)
+        out += [f"### {row}, trainer.clip={rule}, seeds {', '.join(map(str, order))}", "",
+                "| epoch | " + " | ".join(f"seed {s}" for s in order) + " | spread (max − min) | authors' valid | "
+                + " | ".join(f"seed {s} − theirs" for s in order) + " |", "|" + "---|" * (3 + 2 * len(order))]
+        for epoch in sorted(set().union(*seeds.values())):
+            values = [seeds[s].get(epoch) for s in order]
+            have = [v for v in values if v is not None]
+            theirs = float(authors[epoch]["dev_bpr"]) if row == spec["authors_row"] and epoch in authors else None
+            cells = ([epoch] + [f"{v:.4f}" if v is not None else "" for v in values]
+                     + [f"{max(have) - min(have):.4f}" if len(have) > 1 else "", f"{theirs:.4f}" if theirs is not None else ""]
+                     + [f"{v - theirs:+.4f}" if v is not None and theirs is not None else "" for v in values])
+            out.append("| " + " | ".join(map(str, cells)) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
 def render_variants(spec: dict, variants: dict, runs: dict, records: dict) -> str:
     """One table per variant run: its validation BPC beside its row's run of the same seed and the authors'."""
     if not variants:
@@ -285,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     writer.writeheader()
     writer.writerows(lines)
     atomic_write_text(out / "ptb_char_trajectory.csv", text.getvalue())
+    spread_text = render_seed_spread(spec, records)
     markdown = (render_markdown(spec, records) + "\n" + render_verdict(spec, records)
-                + ("\n" + variant_text if variant_text else ""))
+                + ("\n" + spread_text if spread_text else "") + ("\n" + variant_text if variant_text else ""))
     atomic_write_text(out / "ptb_char_trajectory.md", markdown)
     plot(spec, records, variant_records, out / "ptb_char_trajectory.png")
     print(markdown)

@@ -166,3 +166,24 @@ def test_a_changed_setting_reads_as_its_override(tmp_path):
         folder.mkdir()
         (folder / "config.yaml").write_text(text)
     assert paper_trajectory.settings_changed(variant, row) == "model.recurrent_bias: true -> false"
+
+
+def test_two_seeds_of_a_row_show_their_spread_beside_the_gap_to_the_authors(folders):
+    write_run(folders / "runs/paper/ptb_char/zoneout_clip-grad/seed0", [1.7308, 1.6080, 1.5533])
+    write_run(folders / "runs/paper/ptb_char/zoneout_clip-grad/seed1", [1.7350, 1.6020])  # one epoch behind
+    write_run(folders / "runs/paper/ptb_char/unregularized_clip-grad/seed0", [1.6977])  # one seed: no section
+    assert paper_trajectory.main([]) == 0
+    markdown = (folders / "results/paper/ptb_char_trajectory.md").read_text()
+    section = markdown.split("## Seeds of one row")[1]
+    assert "### zoneout, trainer.clip=grad, seeds 0, 1" in section and "unregularized" not in section
+    assert "| 1 | 1.7308 | 1.7350 | 0.0042 | 1.7333 | -0.0025 | +0.0017 |" in section
+    assert "| 2 | 1.6080 | 1.6020 | 0.0060 | 1.6021 | +0.0059 | -0.0001 |" in section
+    assert "| 3 | 1.5533 |  |  | 1.5444 | +0.0089 |  |" in section  # a spread needs two seeds at that epoch
+    # The csv keeps one line per run and epoch, seeds apart.
+    assert (folders / "results/paper/ptb_char_trajectory.csv").read_text().count("zoneout,grad,1,") == 2
+
+
+def test_one_seed_per_row_has_no_spread_section(folders):
+    write_run(folders / "runs/paper/ptb_char/zoneout_clip-grad/seed0", [1.7308])
+    assert paper_trajectory.main([]) == 0
+    assert "## Seeds of one row" not in (folders / "results/paper/ptb_char_trajectory.md").read_text()
