@@ -212,8 +212,8 @@ def render_verdict(spec: dict, records: dict) -> str:
 
 
 def render_seed_spread(spec: dict, records: dict) -> str:
-    """Per row and clip run with two or more seeds: each seed's validation BPC per epoch and how far the seeds lie
-    apart (max - min) where two or more have the epoch, beside each seed's gap to the authors' log: whether a
+    """Per row and clip run with two or more seeds, at each epoch two or more of them have finished: each seed's
+    validation BPC, how far the seeds lie apart (max - min), and each seed's gap to the authors' log: whether a
     difference from their single run (seed 123) is larger than the spread of ours."""
     groups: dict[tuple[str, str], dict[int, dict[int, float]]] = {}
     for (row, rule, seed), metrics in records.items():
@@ -228,12 +228,13 @@ def render_seed_spread(spec: dict, records: dict) -> str:
         out += [f"### {row}, trainer.clip={rule}, seeds {', '.join(map(str, order))}", "",
                 "| epoch | " + " | ".join(f"seed {s}" for s in order) + " | spread (max − min) | authors' valid | "
                 + " | ".join(f"seed {s} − theirs" for s in order) + " |", "|" + "---|" * (3 + 2 * len(order))]
-        for epoch in sorted(set().union(*seeds.values())):
+        shared = sorted(e for e in set().union(*seeds.values()) if sum(e in curve for curve in seeds.values()) > 1)
+        for epoch in shared:
             values = [seeds[s].get(epoch) for s in order]
             have = [v for v in values if v is not None]
             theirs = float(authors[epoch]["dev_bpr"]) if row == spec["authors_row"] and epoch in authors else None
             cells = ([epoch] + [f"{v:.4f}" if v is not None else "" for v in values]
-                     + [f"{max(have) - min(have):.4f}" if len(have) > 1 else "", f"{theirs:.4f}" if theirs is not None else ""]
+                     + [f"{max(have) - min(have):.4f}", f"{theirs:.4f}" if theirs is not None else ""]
                      + [f"{v - theirs:+.4f}" if v is not None and theirs is not None else "" for v in values])
             out.append("| " + " | ".join(map(str, cells)) + " |")
         out.append("")
